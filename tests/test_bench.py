@@ -1,0 +1,88 @@
+"`ala_bench` from the shell: a tiny CPU run writes the JSON it promises, and an existing results file is never replaced."
+import json, os, subprocess, sys
+from pathlib import Path
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ('--device', 'cpu', '--steps', '2', '--rounds', '1', '--batch_size', '16', '--arch', 'resnet8', '--workers', '0',
+        '--threads', '1')
+
+def ala_bench_exe() -> list:
+    "The installed `ala_bench` console script of this interpreter, or an equivalent script file."
+    exe = Path(sys.executable).parent/'ala_bench'
+    if exe.exists(): return [sys.executable, str(exe)]
+    d = Path(os.environ.get('TMPDIR', '/tmp'))/'ala_bench_test_entry'
+    d.mkdir(exist_ok=True)
+    (d/'ala_bench').write_text('import sys\nfrom ala_nb.bench import ala_bench\nsys.exit(ala_bench())\n')
+    return [sys.executable, str(d/'ala_bench')]
+
+def run_cli(*args, timeout=600) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONUNBUFFERED='1', OMP_NUM_THREADS='1')
+    return subprocess.run(ala_bench_exe() + [str(a) for a in args], capture_output=True, text=True, timeout=timeout,
+                          cwd=ROOT, env=env)
+
+@pytest.fixture(scope='module')
+def tiny(tmp_path_factory):
+    out = tmp_path_factory.mktemp('bench')/'bench.json'
+    p = run_cli(*TINY, '--out', out)
+    assert p.returncode == 0, p.stderr
+    return out, p
+
+def _positive(*xs): return all(isinstance(x, (int, float)) and x > 0 for x in xs)
+
+def test_tiny_run_writes_valid_json(tiny):
+    out, _ = tiny
+    res = json.loads(out.read_text())
+    assert set(res) == {'meta', 'loss', 'train', 'loader', 'e2e'} and res['e2e'] is None
+    m = res['meta']
+    assert m['device'] == 'cpu' and m['device_name'] and m['threads'] == 1 and m['torch']
+    assert [(l['B'], l['C']) for l in res['loss']] == [(512, 8142), (256, 1000)]
+    for l in res['loss']: assert _positive(l['ce_ms'], l['ala_ms'], l['ratio'])
+    t = res['train']
+    assert (t['arch'], t['batch_size'], t['steps'], t['rounds'], t['data'], t['compile'], t['amp']) == \
+           ('resnet8', 16, 2, 1, 'fmnist32', None, 'off')
+    assert _positive(t['ours_img_s'], t['reference_img_s'], t['ratio'], *t['ours_rounds'], *t['reference_rounds'])
+    assert t['ratio'] == pytest.approx(t['ours_rounds'][0] / t['reference_rounds'][0], rel=1e-2)
+    ld = res['loader']
+    assert _positive(ld['device_loader_img_s'], ld['torchvision_img_s'], ld['ratio'], ld['images_per_epoch'])
+    assert not [f for f in os.listdir(out.parent) if f.endswith('.tmp')]
+
+def test_table_on_stdout(tiny):
+    _, p = tiny
+    lines = p.stdout.splitlines()
+    assert lines[0].startswith('ala_bench on cpu') and lines[1].split() == ['ours', 'reference', 'ratio']
+    assert [l.split(',')[0] for l in lines[2:]] == ['loss fwd+bwd ms', 'loss fwd+bwd ms', 'train img/s', 'loader img/s']
+    assert all('×' in l for l in lines[2:])
+
+def test_refuses_to_overwrite(tiny):
+    out, _ = tiny
+    before = out.read_bytes()
+    p = run_cli(*TINY, '--out', out)
+    assert p.returncode == 2
+    assert len(p.stderr.strip().splitlines()) == 1 and 'exists' in p.stderr and '--overwrite' in p.stderr, p.stderr
+    assert p.stdout == '' and out.read_bytes() == before
+
+def test_overwrite_replaces(tmp_path):
+    out = tmp_path/'b.json'
+    out.write_text('old\n')
+    p = run_cli(*TINY, '--parts', 'loader', '--out', out, '--overwrite')
+    assert p.returncode == 0, p.stderr
+    res = json.loads(out.read_text())
+    assert res['loader'] and res['train'] is None and res['loss'] is None
+    assert os.listdir(tmp_path) == ['b.json']
+
+@pytest.mark.parametrize('args, msg', [(('--parts', 'loss,speed'), 'unknown part(s) speed'),
+                                       (('--data', 'cifar'), "unknown --data 'cifar'"),
+                                       (('--steps', '0'), '--steps must be >= 1'),
+                                       (('--compile', 'fast'), "unknown --compile 'fast'"),
+                                       (('--out', '/nonexistent/dir/b.json'), 'no folder /nonexistent/dir')])
+def test_bad_input_one_line(tmp_path, args, msg):
+    p = run_cli('--device', 'cpu', '--out', tmp_path/'b.json', *args, timeout=120)
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1 and msg in p.stderr, p.stderr
+    assert not (tmp_path/'b.json').exists()
+
+def test_cuda_asked_without_cuda(tmp_path):
+    import torch
+    if torch.cuda.is_available(): pytest.skip('CUDA is available here')
+    p = run_cli('--device', 'cuda', '--out', tmp_path/'b.json', timeout=120)
+    assert p.returncode == 2 and 'CUDA is not available' in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr

@@ -1,0 +1,170 @@
+"`ala_train` from the shell: a tiny end-to-end run and its run folder, piped output, bad input, no overwriting."
+import json, os, subprocess, sys
+from pathlib import Path
+import numpy as np, pytest, torch
+from ala_nb.data import shot_groups
+
+ROOT = Path(__file__).resolve().parents[1]
+
+def ala_train_exe(tmp_path_factory=None) -> list:
+    "The installed `ala_train` console script of this interpreter, or an equivalent script file."
+    exe = Path(sys.executable).parent/'ala_train'
+    if exe.exists(): return [sys.executable, str(exe)]
+    d = Path(os.environ.get('TMPDIR', '/tmp'))/'ala_train_test_entry'
+    d.mkdir(exist_ok=True)
+    (d/'ala_train').write_text('import sys\nfrom ala_nb.train import ala_train\nsys.exit(ala_train())\n')
+    return [sys.executable, str(d/'ala_train')]
+
+def run_cli(*args, timeout=300, **kw) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONUNBUFFERED='1', OMP_NUM_THREADS='1')
+    return subprocess.run(ala_train_exe() + [str(a) for a in args], capture_output=True, text=True, timeout=timeout,
+                          cwd=kw.get('cwd', ROOT), env=env)
+
+@pytest.fixture(scope='module')
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp('runs')/'tiny'
+    p = run_cli('--preset', 'fmnist_lt_tiny', '--out', out)
+    assert p.returncode == 0, p.stderr
+    return out, p
+
+def test_piped_output_is_plain_lines(tiny_run):
+    out, p = tiny_run
+    assert '\r' not in p.stdout and '\x1b' not in p.stdout, 'progress-bar redraws in piped output'
+    epochs = [l for l in p.stdout.splitlines() if l.startswith('epoch ')]
+    assert [l.split()[1] for l in epochs] == ['1/3', '2/3', '3/3']
+    lines = p.stdout.splitlines()
+    assert lines[-3].split() == ['All', 'Many', 'Medium', 'Few'] and lines[-1].startswith('top-1 %')
+    assert p.stderr.strip() == ''
+
+def test_run_folder_contents(tiny_run):
+    out, _ = tiny_run
+    for f in ('config.json', 'metrics.jsonl', 'final.json', 'checkpoint.pt', 'test_outputs.npz', 'adjust_trace.jsonl'):
+        assert (out/f).is_file(), f
+    assert not [f for f in os.listdir(out) if f.endswith('.tmp')]
+    cfg = json.loads((out/'config.json').read_text())
+    assert (cfg['preset'], cfg['loss'], cfg['epochs'], cfg['arch']) == ('fmnist_lt_tiny', 'ala', 3, 'resnet8')
+    fin = json.loads((out/'final.json').read_text())
+    for k in ('top1', 'per_class', 'counts', 'groups', 'classes', 'loss', 'drw', 'preset', 'seed', 'epochs', 'wall_s',
+              'train_images_per_s'):
+        assert k in fin, k
+    C = len(fin['counts'])
+    assert C == 10 and len(fin['per_class']) == C and len(fin['classes']) == C
+    assert fin['groups'] == shot_groups(fin['counts']) and all(fin['groups'][g] for g in ('many', 'medium', 'few'))
+    assert (fin['loss'], fin['drw'], fin['seed'], fin['epochs']) == ('ala', True, 0, 3)
+    assert list(fin['top1']) == ['all', 'many', 'medium', 'few']
+    assert all(0 <= v <= 1 for v in fin['top1'].values()) and all(0 <= v <= 1 for v in fin['per_class'])
+    assert fin['wall_s'] > 0 and fin['train_images_per_s'] > 0
+    m = [json.loads(l) for l in (out/'metrics.jsonl').read_text().splitlines()]
+    assert [r['epoch'] for r in m] == [1, 2, 3]
+    for r in m:
+        assert {'epoch', 'train_loss', 'lr', 'top1', 'per_class'} <= set(r) and len(r['per_class']) == C
+        assert np.isfinite(r['train_loss']) and r['lr'] > 0
+        assert all(v is None or 0 <= v <= 1 for v in r['top1'].values())
+    assert m[-1]['top1'] == fin['top1'] and m[-1]['per_class'] == fin['per_class']
+    z = np.load(out/'test_outputs.npz')
+    assert sorted(z.files) == ['p_true', 'pred', 'target']
+    assert (z['target'].dtype, z['pred'].dtype, z['p_true'].dtype) == (np.int64, np.int64, np.float32)
+    n = len(z['target'])
+    assert n == 200 and z['pred'].shape == z['p_true'].shape == (n,)
+    assert ((z['p_true'] >= 0) & (z['p_true'] <= 1)).all() and ((z['pred'] >= 0) & (z['pred'] < C)).all()
+    acc = np.array([(z['pred'][z['target'] == c] == c).mean() for c in range(C)])
+    np.testing.assert_allclose(acc, fin['per_class'], atol=1e-6)
+    tr = [json.loads(l) for l in (out/'adjust_trace.jsonl').read_text().splitlines()]
+    assert [t['epoch'] for t in tr] == [1, 2, 3]
+    for t in tr:
+        for g in ('many', 'medium', 'few'): assert set(t[g]) == {'df', 'qf', 'adjust'}
+        assert t['few']['qf'] > t['many']['qf']
+        assert all(0 <= t[g]['df'] <= 1 for g in ('many', 'medium', 'few'))
+    ck = torch.load(out/'checkpoint.pt', weights_only=True)
+    assert (ck['epoch'], ck['step']) == (3, 0)
+
+def test_linear_head_loss_has_no_trace(tmp_path):
+    p = run_cli('--preset', 'fmnist_lt_tiny', '--loss', 'ce', '--epochs', '1', '--out', tmp_path/'ce')
+    assert p.returncode == 0, p.stderr
+    assert not (tmp_path/'ce'/'adjust_trace.jsonl').exists()
+    fin = json.loads((tmp_path/'ce'/'final.json').read_text())
+    assert (fin['loss'], fin['drw'], fin['epochs']) == ('ce', False, 1)
+
+def test_help_lists_every_flag():
+    p = run_cli('--help')
+    assert p.returncode == 0
+    for flag in ('--preset', '--loss', '--epochs', '--batch_size', '--lr', '--seed', '--drw', '--drw_epoch', '--arch',
+                 '--data_root', '--split_dir', '--out', '--device', '--amp', '--compile', '--resume', '--overwrite'):
+        assert flag in p.stdout, flag
+
+BAD = [  # (arguments, what the one error line must name)
+    (['--loss', 'alA'], "unknown loss 'alA'"),
+    (['--preset', 'cifar1000_lt'], "unknown preset 'cifar1000_lt'"),
+    (['--arch', 'resnet9'], "unknown arch 'resnet9'"),
+    (['--epochs', '-3'], 'epochs must be an integer >= 1, got -3'),
+    (['--lr', '0'], 'lr must be a finite number > 0, got 0.0'),
+    (['--lr', '-0.1'], 'got -0.1'),
+    (['--batch_size', '0'], 'batch_size must be an integer >= 1, got 0'),
+    (['--drw_epoch', '40'], 'drw_epoch must be in [0, epochs=36], got 40'),
+    (['--epochs', '3', '--drw_epoch', '5'], 'drw_epoch must be in [0, epochs=3], got 5'),
+    (['--amp', 'fp8'], "unknown amp 'fp8'"),
+    (['--device', 'tpu'], "unknown device 'tpu'"),
+    (['--cfg', '{"lr": '], '--cfg is not valid JSON'),
+    (['--cfg', '{"n_maxx": 3}'], "unknown TrainConfig field(s) 'n_maxx'"),
+    (['--preset', 'cifar10_lt', '--data_root', '/nonexistent/cifar'], '/nonexistent/cifar'),
+    (['--preset', 'imagenet_lt_r50'], 'imagenet_lt'),
+]
+
+def _driver(tmp_path, cases) -> list:
+    "Run `ala_train` on each argument list in one interpreter (saves a torch import per case); (exit code, stderr) each."
+    script = tmp_path/'driver.py'
+    script.write_text(
+        'import sys, io, json, contextlib\n'
+        'from ala_nb.train import ala_train\n'
+        'res = []\n'
+        'for argv in json.loads(sys.argv[1]):\n'
+        '    sys.argv = ["ala_train"] + argv\n'
+        '    err = io.StringIO()\n'
+        '    with contextlib.redirect_stderr(err):\n'
+        '        try: ala_train(); code = 0\n'
+        '        except SystemExit as e: code = e.code\n'
+        '    res.append((code, err.getvalue()))\n'
+        'print(json.dumps(res))\n')
+    p = subprocess.run([sys.executable, str(script), json.dumps(cases)], capture_output=True, text=True, timeout=600,
+                       cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    return json.loads(p.stdout.splitlines()[-1])
+
+def test_bad_input_exit_2_one_line(tmp_path):
+    cases = [a + ['--out', str(tmp_path/f'run{i}')] for i, (a, _) in enumerate(BAD)]
+    for (args, want), (code, err) in zip(BAD, _driver(tmp_path, cases)):
+        lines = err.strip().splitlines()
+        assert code == 2, (args, code, err)
+        assert len(lines) == 1 and lines[0].startswith('ala_train: error: ') and want in lines[0], (args, err)
+        assert 'Traceback' not in err
+    assert not any((tmp_path/f'run{i}').exists() for i in range(len(BAD))), 'a failed run created its folder'
+
+def test_bad_input_real_process(tmp_path):
+    "The same through a real process exit: code 2 and one line on stderr."
+    p = run_cli('--epochs', '-3', '--out', tmp_path/'r')
+    assert p.returncode == 2 and p.stderr.strip().splitlines() == ['ala_train: error: epochs must be an integer >= 1, got -3']
+    assert p.stdout == '' and not (tmp_path/'r').exists()
+
+def test_existing_run_is_not_overwritten(tmp_path):
+    out = tmp_path/'run'; out.mkdir()
+    files = {'config.json': '{"precious": true}\n', 'metrics.jsonl': '{"epoch": 1}\n', 'final.json': '{"top1": 1}\n',
+             'notes.txt': 'mine'}
+    for f, t in files.items(): (out/f).write_text(t)
+    cases = [['--preset', 'fmnist_lt_tiny', '--out', str(out)],                                    # neither flag
+             ['--preset', 'fmnist_lt_tiny', '--out', str(out), '--overwrite', '--lr', '0'],        # bad number
+             ['--preset', 'cifar10_lt', '--data_root', '/nonexistent', '--out', str(out), '--overwrite'],  # no data
+             ['--preset', 'fmnist_lt_tiny', '--out', str(out), '--resume', '--overwrite'],
+             ['--preset', 'fmnist_lt_tiny', '--out', str(out), '--resume']]                        # not our config
+    res = _driver(tmp_path, cases)
+    assert [c for c, _ in res] == [2, 2, 2, 2, 2]
+    assert 'already holds a run' in res[0][1] and '--resume' in res[0][1] and '--overwrite' in res[0][1]
+    assert 'resume and overwrite exclude each other' in res[3][1]
+    assert 'config.json: not a usable run config' in res[4][1] and "'precious'" in res[4][1]
+    assert {f: (out/f).read_text() for f in files} == files and sorted(os.listdir(out)) == sorted(files)
+
+def test_non_finite_loss_exit_3(tmp_path):
+    p = run_cli('--preset', 'fmnist_lt_tiny', '--loss', 'ce', '--lr', '1e30', '--out', tmp_path/'nan')
+    assert p.returncode == 3, (p.returncode, p.stderr)
+    err = p.stderr.strip().splitlines()
+    assert len(err) == 1 and 'non-finite training loss in epoch 1' in err[0]
+    assert not (tmp_path/'nan'/'checkpoint.pt').exists() and not (tmp_path/'nan'/'final.json').exists()
