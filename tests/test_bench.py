@@ -3,23 +3,11 @@ import json, os, subprocess, sys
 from pathlib import Path
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from clitools import ROOT, run
 TINY = ('--device', 'cpu', '--steps', '2', '--rounds', '1', '--batch_size', '16', '--arch', 'resnet8', '--workers', '0',
         '--threads', '1')
 
-def ala_bench_exe() -> list:
-    "The installed `ala_bench` console script of this interpreter, or an equivalent script file."
-    exe = Path(sys.executable).parent/'ala_bench'
-    if exe.exists(): return [sys.executable, str(exe)]
-    d = Path(os.environ.get('TMPDIR', '/tmp'))/'ala_bench_test_entry'
-    d.mkdir(exist_ok=True)
-    (d/'ala_bench').write_text('import sys\nfrom ala_nb.bench import ala_bench\nsys.exit(ala_bench())\n')
-    return [sys.executable, str(d/'ala_bench')]
-
-def run_cli(*args, timeout=600) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONUNBUFFERED='1', OMP_NUM_THREADS='1')
-    return subprocess.run(ala_bench_exe() + [str(a) for a in args], capture_output=True, text=True, timeout=timeout,
-                          cwd=ROOT, env=env)
+def run_cli(*args, timeout=600): return run('ala_bench', *args, timeout=timeout)
 
 @pytest.fixture(scope='module')
 def tiny(tmp_path_factory):

@@ -4,21 +4,9 @@ from pathlib import Path
 import numpy as np, pytest, torch
 from ala_nb.data import shot_groups
 
-ROOT = Path(__file__).resolve().parents[1]
+from clitools import ROOT, run
 
-def ala_train_exe(tmp_path_factory=None) -> list:
-    "The installed `ala_train` console script of this interpreter, or an equivalent script file."
-    exe = Path(sys.executable).parent/'ala_train'
-    if exe.exists(): return [sys.executable, str(exe)]
-    d = Path(os.environ.get('TMPDIR', '/tmp'))/'ala_train_test_entry'
-    d.mkdir(exist_ok=True)
-    (d/'ala_train').write_text('import sys\nfrom ala_nb.train import ala_train\nsys.exit(ala_train())\n')
-    return [sys.executable, str(d/'ala_train')]
-
-def run_cli(*args, timeout=300, **kw) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONUNBUFFERED='1', OMP_NUM_THREADS='1')
-    return subprocess.run(ala_train_exe() + [str(a) for a in args], capture_output=True, text=True, timeout=timeout,
-                          cwd=kw.get('cwd', ROOT), env=env)
+def run_cli(*args, timeout=300, cwd=ROOT): return run('ala_train', *args, timeout=timeout, cwd=cwd)
 
 @pytest.fixture(scope='module')
 def tiny_run(tmp_path_factory):

@@ -3,22 +3,13 @@ import json, os, subprocess, sys
 from pathlib import Path
 import numpy as np, torch
 
-ROOT = Path(__file__).resolve().parents[1]
-
-def ala_train_script() -> str:
-    exe = Path(sys.executable).parent/'ala_train'
-    if exe.exists(): return str(exe)
-    d = Path(os.environ.get('TMPDIR', '/tmp'))/'ala_train_test_entry'
-    d.mkdir(exist_ok=True)
-    (d/'ala_train').write_text('import sys\nfrom ala_nb.train import ala_train\nsys.exit(ala_train())\n')
-    return str(d/'ala_train')
+from clitools import ROOT, ENV, script
 
 def test_torchrun_two_processes(tmp_path):
     out = tmp_path/'ddp'
-    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2', ala_train_script(),
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2', script('ala_train'),
            '--preset', 'fmnist_lt_tiny', '--out', str(out), '--cfg', '{"debug_rank_dump": true}']
-    env = dict(os.environ, PYTHONUNBUFFERED='1', OMP_NUM_THREADS='1')
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=400, cwd=ROOT, env=env)
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=400, cwd=ROOT, env=ENV)
     assert p.returncode == 0, p.stdout + p.stderr
     # both ranks end with identical weights (parameters and BatchNorm buffers)
     h = [json.loads((out/f'rank{r}.json').read_text()) for r in (0, 1)]

@@ -4,25 +4,12 @@ from dataclasses import replace
 from pathlib import Path
 import pytest, torch
 
-ROOT = Path(__file__).resolve().parents[1]
+from clitools import ROOT, run, start
 TINY = ['--preset', 'fmnist_lt_tiny']
 
-def ala_train_exe() -> list:
-    exe = Path(sys.executable).parent/'ala_train'
-    if exe.exists(): return [sys.executable, str(exe)]
-    d = Path(os.environ.get('TMPDIR', '/tmp'))/'ala_train_test_entry'
-    d.mkdir(exist_ok=True)
-    (d/'ala_train').write_text('import sys\nfrom ala_nb.train import ala_train\nsys.exit(ala_train())\n')
-    return [sys.executable, str(d/'ala_train')]
+def run_cli(*args, timeout=300): return run('ala_train', *args, timeout=timeout)
 
-ENV = dict(os.environ, PYTHONUNBUFFERED='1', OMP_NUM_THREADS='1')
-
-def run_cli(*args, timeout=300):
-    return subprocess.run(ala_train_exe() + [str(a) for a in args], capture_output=True, text=True, timeout=timeout,
-                          cwd=ROOT, env=ENV)
-
-def start_cli(*args, log):
-    return subprocess.Popen(ala_train_exe() + [str(a) for a in args], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=ENV)
+def start_cli(*args, log): return start('ala_train', *args, log=log)
 
 def ckpt(out): return torch.load(Path(out)/'checkpoint.pt', weights_only=True)
 
