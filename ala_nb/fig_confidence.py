@@ -40,7 +40,7 @@ def hard_easy_shares(runs,             # one method's runs (pooled)
 
 # %% ../nbs/14_fig3_confidence.ipynb #a02ed1f0
 def plot_confidence(runs,                          # run folders / `Run`s (grouped by method) or dict label -> runs
-                    methods=('CE', 'LDAM-DRW', 'ALA'), # methods to draw, where present (all if none is)
+                    methods=('CE', 'LDAM-DRW', 'ALA+DRW', 'ALA'), # methods to draw, where present (all if none is)
                     hard:float=0.2,                # hard-sample threshold
                     easy:float=0.8,                # easy-sample threshold
                     fig=None,                      # matplotlib Figure to draw into (a new one if None)

@@ -68,7 +68,7 @@ def hard_head_easy_tail(runs, # one method's runs
 
 # %% ../nbs/12_fig1_per_class.ipynb #9a40e1f9
 def plot_per_class(runs,                          # run folders / `Run`s (grouped by method) or dict label -> runs
-                   methods=('CE', 'LDAM-DRW', 'ALA'), # methods to draw, where present (all if none is)
+                   methods=('CE', 'LDAM-DRW', 'ALA+DRW', 'ALA'), # methods to draw, where present (all if none is)
                    pair=('ALA', 'LDAM-DRW'),      # annotate the classes where these two differ most (if both drawn)
                    k:int=2,                       # how many classes to annotate
                    ax=None,                       # matplotlib Axes (a new figure if None)
