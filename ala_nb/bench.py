@@ -8,7 +8,7 @@ __all__ = ['BENCH_DATA', 'BENCH_PARTS', 'LOSS_SIZES', 'time_fn', 'bench_loss', '
            'device_name', 'bench_train', 'bench_e2e', 'format_bench', 'ala_bench']
 
 # %% ../nbs/04_bench.ipynb #24597ed5
-import os, sys, io, json, time, math, inspect, itertools, platform, statistics, tempfile, contextlib, datetime
+import os, sys, io, json, time, math, itertools, platform, statistics, tempfile, contextlib, datetime
 from typing import Optional, Union
 import torch, torch.nn as nn, torch.nn.functional as F
 from torch.utils.data import DataLoader
@@ -174,14 +174,6 @@ class StepStream:
         self._batches.close()
 
 # %% ../nbs/04_bench.ipynb #f705583f
-def _build_run_on(cfg, data:LTData)->Run:
-    "STOP-GAP until `train.build_run(cfg, data=...)` exists: build the run of `cfg` on `data` instead of `cfg.dataset`."
-    if 'data' in inspect.signature(build_run).parameters: return build_run(cfg, data=data)
-    import ala_nb.train as trainer
-    old, trainer.get_lt_data = trainer.get_lt_data, (lambda *a, **k: data)
-    try: return build_run(cfg)
-    finally: trainer.get_lt_data = old
-
 def _compile_mode(compile, device)->Optional[str]: # `TrainConfig.compile`
     "'auto' is 'reduce-overhead' on CUDA and no compilation on the CPU; 'none'/'off'/None: no compilation."
     if compile == 'auto': return 'reduce-overhead' if torch.device(device).type == 'cuda' else None
@@ -201,7 +193,7 @@ def bench_run(data:LTData,              # in-memory 32×32 data, e.g. `bench_dat
     cfg = get_config('cifar10_lt', arch=arch, loss=loss, batch_size=batch_size, device=str(device), seed=seed,
                      compile=_compile_mode(compile, device), amp=amp, threads=threads, max_test=data.num_classes,
                      eval_subset=None)
-    run = _build_run_on(cfg, data)
+    run = build_run(cfg, data=data)
     run.train_loader = StepStream(run.train_loader, batch_size)
     run.steps_per_epoch = len(data.train_targets) // batch_size   # full batches only, compiled or not: one schedule
     run.sched = make_scheduler(run.opt, cfg, run.steps_per_epoch)
