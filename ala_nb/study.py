@@ -220,7 +220,7 @@ def _fmt(v, scale=100., digits=1):
     return f"{v*scale:.{digits}f}"
 
 def table_markdown(rows,            # `summary_table` rows
-                   paper:dict=None, # method -> {all, many, medium, few} (percent; `sure=False` marks them '?') beside ours
+                   paper:dict=None, # method -> {all, many, medium, few} in percent, beside ours; with `checked`, the groups not in it get '?'
                    paper_title:str='paper', # heading of the paper's columns
                    digits:int=1,    # decimals
                   )->str:           # a Markdown table, accuracies in percent
@@ -232,8 +232,8 @@ def table_markdown(rows,            # `summary_table` rows
         cells = [r['method'], str(r['n'])] + [_fmt(r[g], digits=digits) for g in GROUPS]
         if paper is not None:
             p = paper.get(r['method']) or {}
-            q = '?' if p.get('sure') is False else ''
-            cells += [_fmt(p.get(g), scale=1., digits=1) + (q if p.get(g) is not None else '') for g in GROUPS]
+            q = lambda g: '?' if p.get(g) is not None and 'checked' in p and g not in p['checked'] else ''
+            cells += [_fmt(p.get(g), scale=1., digits=1) + q(g) for g in GROUPS]
         lines.append('| ' + ' | '.join(cells) + ' |')
     return '\n'.join(lines)
 
