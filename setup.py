@@ -18,7 +18,10 @@ lic = licenses.get(cfg['license'].lower(), (cfg['license'], None))
 min_python = cfg['min_python']
 
 requirements = cfg.get('requirements', '').split()
-dev_requirements = cfg.get('dev_requirements', '').split()
+# every `NAME_requirements` line is the extra `[NAME]`; `[dev]` is the toolchain plus every extra, so CI tests them all
+extras = {k[:-len('_requirements')]: cfg[k].split() for k in cfg
+          if k.endswith('_requirements') and k not in ('dev_requirements', 'pip_requirements', 'conda_requirements')}
+extras['dev'] = cfg.get('dev_requirements', '').split() + sorted({r for rs in extras.values() for r in rs})
 console_scripts = cfg.get('console_scripts', '').split()
 readme = Path(__file__).parent/'README.md'
 
@@ -35,7 +38,7 @@ setuptools.setup(
     packages=setuptools.find_packages(include=[cfg['lib_name'], cfg['lib_name'] + '.*']),
     include_package_data=True,
     install_requires=requirements,
-    extras_require={'dev': dev_requirements},
+    extras_require=extras,
     python_requires='>=' + min_python,
     long_description=readme.read_text(encoding='utf-8') if readme.exists() else cfg['description'],
     long_description_content_type='text/markdown',

@@ -171,12 +171,16 @@ def fmnist_search_dirs(root=None # a folder given by the caller, looked in first
     return dirs + [('system', Path(d)) for d in FMNIST_SYSTEM_DIRS] + [('cache', ala_cache_dir()/'fashion-mnist')]
 
 # %% ../nbs/02_data.ipynb #ccf4fd8c
-def find_fashion_mnist(root=None,         # a folder to look in first
+def find_fashion_mnist(root=None,         # a folder that must hold the files (then no other place is tried)
                        download:bool=False # if not found anywhere: download with torchvision into the cache
                       )->dict:            # {'train_x'|'train_y'|'test_x'|'test_y': Path}
-    "Locate the four Fashion-MNIST files; one error naming every place tried if they are nowhere."
+    "Locate the four Fashion-MNIST files: in `root` alone when given, else in the usual places; one error naming every place tried."
     tried = []
-    for where, base in fmnist_search_dirs(root):
+    if root is not None:
+        base = Path(root).expanduser()
+        if not base.exists(): raise FileNotFoundError(f"data root {base} does not exist")
+        if not base.is_dir(): raise NotADirectoryError(f"data root {base} is not a folder")
+    for where, base in (fmnist_search_dirs(None) if root is None else [('root', Path(root).expanduser())]):
         partial = []
         for sub in FMNIST_LAYOUTS:
             d = base/sub
@@ -184,6 +188,10 @@ def find_fashion_mnist(root=None,         # a folder to look in first
             if all(found.values()): return found
             if any(found.values()): partial.append(f"{d} has only {', '.join(p.name for p in found.values() if p)}")
         tried.append(f"  {where}: {base}" + (f" ({'; '.join(partial)})" if partial else ''))
+    if root is not None:
+        raise FileNotFoundError(f"data root {root}: Fashion-MNIST not found there (looked for " +
+                                ', '.join(f + '[.gz]' for f in FMNIST_FILES.values()) +
+                                f" in it and in {', '.join(s for s in FMNIST_LAYOUTS if s)}; {tried[0].strip()})")
     note = ''
     if download:
         cache = ala_cache_dir()/'fashion-mnist'
@@ -299,7 +307,10 @@ class SplitFileDataset(Dataset):
     def __getitem__(self, i):
         p = self.root/self.paths[i]
         if not p.is_file(): raise FileNotFoundError(self._missing(i))
-        with Image.open(p) as im: img = im.convert('RGB')
+        try:
+            with Image.open(p) as im: img = im.convert('RGB')
+        except (OSError, SyntaxError, ValueError) as e:       # unidentified, truncated or corrupt image files
+            raise ValueError(f"{p}: unreadable image ({type(e).__name__}: {e}) (listed at {self.split_file}:{self.lines[i]})") from None
         return (self.transform(img) if self.transform is not None else img), int(self.targets[i])
 
 # %% ../nbs/02_data.ipynb #528fcf3c
@@ -330,6 +341,7 @@ DATASETS = dict(
     fmnist_lt=  dict(num_classes=10,   n_max=1280, imb_factor=256),
     cifar10_lt= dict(num_classes=10,   n_max=5000, imb_factor=100),
     cifar100_lt=dict(num_classes=100,  n_max=500,  imb_factor=100),
+    fmnist_lt_cifar=dict(num_classes=10, n_max=5000, imb_factor=100, pad=2),  # Fashion-MNIST, 28×28 zero-padded to 32×32
     imagenet_lt=dict(num_classes=1000, splits=('ImageNet_LT_train.txt', 'ImageNet_LT_test.txt')),
     places_lt=  dict(num_classes=365,  splits=('Places_LT_train.txt', 'Places_LT_test.txt')),
     inat2018=   dict(num_classes=8142, splits=('iNaturalist18_train.txt', 'iNaturalist18_val.txt')),  # val is its test
@@ -360,9 +372,11 @@ def get_lt_data(name:str,                # a key of DATASETS
                       3, 224, IMAGENET_MEAN, IMAGENET_STD)
     if split_dir is not None: raise ValueError(f"{name}: split_dir applies only to {', '.join(k for k in DATASETS if 'splits' in DATASETS[k])}")
     counts = lt_counts(spec['n_max'] if n_max is None else n_max, C, spec['imb_factor'] if imb_factor is None else imb_factor)
-    if name == 'fmnist_lt':
+    if name in ('fmnist_lt', 'fmnist_lt_cifar'):
         trx, trY, tex, teY = load_fashion_mnist(root, download)
-        classes, size, mean, std = FMNIST_CLASSES, 28, FMNIST_MEAN, FMNIST_STD
+        p = spec.get('pad', 0)
+        if p: trx, tex = (F.pad(x, (p,) * 4) for x in (trx, tex))
+        classes, size, mean, std = FMNIST_CLASSES, 28 + 2 * p, FMNIST_MEAN, FMNIST_STD
     else:
         trx, trY, tex, teY, classes = load_cifar(name, root, download)
         size, mean, std = 32, CIFAR_MEAN, CIFAR_STD

@@ -5,10 +5,12 @@
 # %% auto #0
 __all__ = ['p_true_by_group', 'hard_easy_shares', 'plot_confidence']
 
-# %% ../nbs/14_fig3_confidence.ipynb #de5d41c3
+# %% ../nbs/14_fig3_confidence.ipynb #9d3d6f6d
 import numpy as np
 import matplotlib.pyplot as plt
-from .study import load_runs, by_method, pick_methods
+from matplotlib.transforms import blended_transform_factory
+from .runs import load_runs, by_method, pick_methods
+from .fig_per_class import TEXT_WIDTH, FONT
 
 # %% ../nbs/14_fig3_confidence.ipynb #df90b731
 def p_true_by_group(runs, # one method's `Run`s or run folders (its seeds, pooled)
@@ -38,7 +40,7 @@ def hard_easy_shares(runs,             # one method's runs (pooled)
         out[g] = dict(hard=float((p < hard).mean()) if n else None, easy=float((p > easy).mean()) if n else None, n=n)
     return out
 
-# %% ../nbs/14_fig3_confidence.ipynb #a02ed1f0
+# %% ../nbs/14_fig3_confidence.ipynb #6db6a227
 def plot_confidence(runs,                          # run folders / `Run`s (grouped by method) or dict label -> runs
                     methods=('CE', 'LDAM-DRW', 'ALA+DRW', 'ALA'), # methods to draw, where present (all if none is)
                     hard:float=0.2,                # hard-sample threshold
@@ -50,19 +52,29 @@ def plot_confidence(runs,                          # run folders / `Run`s (group
     curves = {m: p_true_by_group(rs) for m, rs in groups.items()}
     shares = {m: hard_easy_shares(rs, hard, easy) for m, rs in groups.items()}
     panels = [g for g in ('many', 'medium', 'few') if any(len(c[g]) for c in curves.values())]
-    fig = fig or plt.figure(figsize=(4*len(panels), 3.4))
-    axs = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
-    for ax, g in zip(axs, panels):
+    leg_h = 0.17 * (len(groups) + 1)  # inches: a legend line per method, and its title
+    fig = fig or plt.figure(figsize=(TEXT_WIDTH, 2.5 + leg_h))
+    grid = fig.subplots(2, len(panels), squeeze=False, gridspec_kw=dict(height_ratios=(2.2, leg_h)))
+    axs, legs = grid[0], grid[1]
+    for ax, lx, g in zip(axs, legs, panels):
         for i, (m, c) in enumerate(curves.items()):
             p = c[g]
             if not len(p): continue
             s = shares[m][g]
             ax.plot((np.arange(len(p)) + 0.5) / len(p), p, color=f'C{i}', lw=1.4,
-                    label=f"{m}: hard {100*s['hard']:.1f}%, easy {100*s['easy']:.1f}%")
+                    label=f"{m}: {100*s['hard']:.1f} / {100*s['easy']:.1f}")
         for y in (hard, easy): ax.axhline(y, color='0.4', ls=':', lw=0.8)
-        m0 = next(iter(groups)); ax.set_title(f'{g}-shot classes: {len(curves[m0][g]) // len(groups[m0])} test samples per run', fontsize=10)
-        ax.set_xlabel('test samples, sorted (fraction of group)'); ax.legend(fontsize=7, loc='upper left')
-        ax.set_xlim(0, 1); ax.set_ylim(-0.02, 1.02); ax.grid(alpha=0.3)
-    axs[0].set_ylabel('p(true class)')
-    fig.tight_layout()
+        m0 = next(iter(groups))
+        ax.set_title(f'{g}-shot classes\n{len(curves[m0][g]) // len(groups[m0])} test samples per run', fontsize=FONT + 1)
+        ax.set_xlabel('test samples, sorted (fraction)', fontsize=FONT); ax.tick_params(labelsize=FONT)
+        if ax is not axs[0]: ax.sharey(axs[0]); ax.tick_params(labelleft=False)
+        ax.set_xlim(0, 1); ax.set_ylim(-0.02, 1.02); ax.set_yticks(np.linspace(0, 1, 6)); ax.grid(alpha=0.3)
+        lx.axis('off')
+        lx.legend(*ax.get_legend_handles_labels(), fontsize=FONT, title='% hard / % easy', title_fontsize=FONT,
+                  loc='upper center', frameon=False, handlelength=1.5, borderaxespad=0)
+    at_right = blended_transform_factory(axs[-1].transAxes, axs[-1].transData)
+    for y, text in ((hard, f'hard\n< {hard:g}'), (easy, f'easy\n> {easy:g}')):
+        axs[-1].text(1.03, y, text, transform=at_right, va='center', ha='left', fontsize=FONT, color='0.3')
+    axs[0].set_ylabel('p(true class)', fontsize=FONT)
+    fig.tight_layout(w_pad=0.8)
     return fig

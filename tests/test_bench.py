@@ -16,31 +16,51 @@ def tiny(tmp_path_factory):
     assert p.returncode == 0, p.stderr
     return out, p
 
-def _positive(*xs): return all(isinstance(x, (int, float)) and x > 0 for x in xs)
-
 def test_tiny_run_writes_valid_json(tiny):
     out, _ = tiny
     res = json.loads(out.read_text())
-    assert set(res) == {'meta', 'loss', 'train', 'loader', 'e2e'} and res['e2e'] is None
+    assert set(res) == {'meta', 'loss', 'train', 'captured', 'loader', 'cache', 'deterministic', 'e2e'}
+    assert res['e2e'] is None and res['cache'] is None and res['deterministic'] is None
     m = res['meta']
     assert m['device'] == 'cpu' and m['device_name'] and m['threads'] == 1 and m['torch']
     assert [(l['B'], l['C']) for l in res['loss']] == [(512, 8142), (256, 1000)]
-    for l in res['loss']: assert _positive(l['ce_ms'], l['ala_ms'], l['ratio'])
-    t = res['train']
-    assert (t['arch'], t['batch_size'], t['steps'], t['rounds'], t['data'], t['compile'], t['amp']) == \
-           ('resnet8', 16, 2, 1, 'fmnist32', None, 'off')
-    assert _positive(t['ours_img_s'], t['reference_img_s'], t['ratio'], *t['ours_rounds'], *t['reference_rounds'])
-    assert t['ratio'] == pytest.approx(t['ours_rounds'][0] / t['reference_rounds'][0], rel=1e-2)
+    for l in res['loss']: assert (l['compile'], l['dtype'], l['device']) == (None, 'float32', 'cpu')
+    for key, step in (('train', 'eager'), ('captured', 'captured')):
+        t = res[key]
+        assert (t['arch'], t['batch_size'], t['steps'], t['rounds'], t['data'], t['compile'], t['amp'], t['step']) == \
+               ('resnet8', 16, 2, 1, 'fmnist32', None, 'off', step)
+        assert t['ratio'] == pytest.approx(t['ours_rounds'][0] / t['reference_rounds'][0], rel=1e-2)
+    eq = res['captured']['equivalence']          # the captured step's losses = eager float32's, on the CPU to the bit
+    assert eq['step'] == 'captured' and len(eq['ours']) == len(eq['eager']) == 2
+    assert eq['ours'] == eq['eager'] and eq['max_rel_diff'] == 0 and eq['ok'] and not res['captured']['captured']
     ld = res['loader']
-    assert _positive(ld['device_loader_img_s'], ld['torchvision_img_s'], ld['ratio'], ld['images_per_epoch'])
+    assert ld['ratio'] == pytest.approx(ld['device_loader_img_s'] / ld['torchvision_img_s'], abs=0.051)
     assert not [f for f in os.listdir(out.parent) if f.endswith('.tmp')]
 
 def test_table_on_stdout(tiny):
     _, p = tiny
     lines = p.stdout.splitlines()
     assert lines[0].startswith('ala_bench on cpu') and lines[1].split() == ['ours', 'reference', 'ratio']
-    assert [l.split(',')[0] for l in lines[2:]] == ['loss fwd+bwd ms', 'loss fwd+bwd ms', 'train img/s', 'loader img/s']
-    assert all('×' in l for l in lines[2:])
+    assert [l.split(',')[0] for l in lines[2:]] == ['loss fwd+bwd ms', 'loss fwd+bwd ms', 'train img/s', 'train img/s', 'loader img/s']
+    assert all('×' in l for l in lines[2:]) and 'captured step, uncaptured' in lines[5]
+
+def test_cache_and_deterministic_parts(tmp_path):
+    "The cache part (stand-in JPEGs, a small model) and the deterministic part, tiny, on the CPU."
+    out = tmp_path/'b.json'
+    p = run_cli(*TINY, '--parts', 'cache,deterministic', '--cache_arch', 'resnet8', '--cache_images', '8',
+                '--cache_batch', '4', '--cache_workers', '1', '--out', out)
+    assert p.returncode == 0, p.stderr
+    res = json.loads(out.read_text())
+    c = res['cache']
+    assert (c['model'], c['n_images'], c['batch_size'], c['device']) == ('resnet8', 8, 4, 'cpu')
+    assert c['cache_vs_synthetic'] == pytest.approx(c['cache_img_s'] / c['synthetic_img_s'])
+    assert c['cache_vs_dataloader'] == pytest.approx(c['cache_img_s'] / c['dataloader_img_s'])
+    d = res['deterministic']
+    assert d['reproducible'] and d['losses'] == d['repeat_losses'] and d['step'] == 'eager'
+    assert d['slowdown'] == pytest.approx(d['default_img_s'] / d['deterministic_img_s'], rel=1e-2)
+    assert res['train'] is None and res['loss'] is None
+    assert [l[:34].split(',')[0].strip() for l in p.stdout.splitlines()[2:]] == \
+           ['resnet8 cache img/s', 'against synthetic data', 'deterministic img/s']
 
 def test_refuses_to_overwrite(tiny):
     out, _ = tiny
@@ -60,6 +80,8 @@ def test_overwrite_replaces(tmp_path):
     assert os.listdir(tmp_path) == ['b.json']
 
 @pytest.mark.parametrize('args, msg', [(('--parts', 'loss,speed'), 'unknown part(s) speed'),
+                                       (('--amp', 'fp16'), 'the captured step takes bf16 or off'),
+                                       (('--cache_images', '0'), '--cache_images must be >= 1'),
                                        (('--data', 'cifar'), "unknown --data 'cifar'"),
                                        (('--steps', '0'), '--steps must be >= 1'),
                                        (('--compile', 'fast'), "unknown --compile 'fast'"),

@@ -1,11 +1,18 @@
 """`ala_figures` on real run folders: a tiny run trained here with `ala_train`, and the committed study in nbs/study."""
-import struct, zlib
+import json, re, struct, zlib
 from pathlib import Path
+import matplotlib; matplotlib.use('Agg')
+import matplotlib.pyplot as plt
+import numpy as np
 import pytest
 
 from clitools import ROOT, run
+from ala_nb.runs import load_runs, by_method
+from ala_nb.fig_per_class import plot_per_class, TEXT_WIDTH
+from ala_nb.fig_adjust import plot_adjust
 STUDY = ROOT/'nbs'/'study'
 PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
+DPI = 60
 
 def check_png(p:Path):
     b = p.read_bytes()
@@ -14,6 +21,7 @@ def check_png(p:Path):
     assert kind == b'IHDR' and length == 13, f"{p}: no IHDR chunk first"
     w, h = struct.unpack('>II', b[16:24])
     assert w > 100 and h > 100, f"{p}: {w}x{h} pixels"
+    assert w <= TEXT_WIDTH*DPI + 1, f"{p}: {w} pixels wide at {DPI} dpi, more than {TEXT_WIDTH} in"
     assert zlib.crc32(b[12:29]) == struct.unpack('>I', b[29:33])[0], f"{p}: IHDR checksum"
     assert b.rstrip()[-8:-4] == b'IEND', f"{p}: truncated (no IEND chunk)"
 
@@ -22,6 +30,10 @@ def check_pdf(p:Path):
     assert b[:5] == b'%PDF-', f"{p}: not a PDF"
     assert b.rstrip().endswith(b'%%EOF'), f"{p}: truncated (no %%EOF)"
     assert len(b) > 2000 and b'/Page' in b, f"{p}: no page"
+    assert b'/Subtype /Type3' not in b, f"{p}: Type 3 fonts (paper checkers reject them; want pdf.fonttype 42)"
+    assert b'/FontFile2' in b, f"{p}: no embedded TrueType font"
+    w, h = map(float, re.search(rb'/MediaBox \[ *0 0 ([\d.]+) ([\d.]+)', b).groups())
+    assert w <= 72*TEXT_WIDTH, f"{p}: page {w/72:.2f} in wide, more than {TEXT_WIDTH} in"
 
 def check_figures(out:Path, names):
     written = sorted(p.name for p in out.iterdir())
@@ -37,15 +49,16 @@ def tiny_run(tmp_path_factory):
     return d
 
 def test_tiny_run(tiny_run, tmp_path):
-    r = run('ala_figures', tiny_run, '--out', tmp_path/'figs', '--dpi', 60)
+    r = run('ala_figures', tiny_run, '--out', tmp_path/'figs', '--dpi', DPI)
     assert r.returncode == 0, r.stderr
     check_figures(tmp_path/'figs', ['fig1_per_class', 'fig3_confidence', 'fig4_adjust_ala_drw'])
     assert sorted(Path(l).name for l in r.stdout.split()) == sorted(p.name for p in (tmp_path/'figs').iterdir())
 
 def test_committed_study(tmp_path):
-    runs = sorted(p.parent.name for p in STUDY.glob('*/final.json'))
-    assert len(runs) == 21, f"nbs/study holds {len(runs)} runs, expected 7 methods x 3 seeds"
-    r = run('ala_figures', STUDY, '--out', tmp_path/'figs', '--dpi', 50)
+    seeds = {m: len(rs) for m, rs in by_method(load_runs(STUDY)).items()}
+    assert sorted(seeds) == sorted(['CE', 'LDAM-DRW', 'DF', 'QF', 'DF·LDAM', 'ALA', 'ALA+DRW']), seeds
+    assert len(set(seeds.values())) == 1 and min(seeds.values()) >= 3, f"nbs/study: seeds per method {seeds}"
+    r = run('ala_figures', STUDY, '--out', tmp_path/'figs', '--dpi', DPI)
     assert r.returncode == 0, r.stderr
     check_figures(tmp_path/'figs', ['fig1_per_class', 'fig3_confidence'] +
                   [f'fig4_adjust_{m}' for m in ('df', 'qf', 'df_ldam', 'ala', 'ala_drw')])
@@ -66,3 +79,46 @@ def test_mixed_data_sets(tiny_run, tmp_path):
     "The tiny run (10 classes, 128 -> 4 images) and the study (1280 -> 5) cannot share a per-class figure."
     r = run('ala_figures', tiny_run, STUDY/'ce-seed0', '--out', tmp_path/'figs')
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and 'class counts' in r.stderr, r.stderr
+
+def tick_labels(ax):
+    "The x tick labels drawn inside the axes' range."
+    ax.figure.canvas.draw()
+    lo, hi = ax.get_xlim()
+    return [t.get_text() for t, x in zip(ax.get_xticklabels(), ax.get_xticks()) if lo <= x <= hi]
+
+def test_fig4_tiny_run(tiny_run):
+    "A 3-epoch run with DRW from its last epoch: integer epochs, every axis labelled, the DRW start marked."
+    final = json.loads((tiny_run/'final.json').read_text())
+    assert (final['epochs'], final['drw'], final['drw_epoch']) == (3, True, 2), final
+    first_drw = [m['epoch'] for m in map(json.loads, (tiny_run/'metrics.jsonl').read_text().splitlines()) if m['drw']][0]
+    fig = plot_adjust([tiny_run])
+    assert len(fig.axes) == 3 and fig.get_figwidth() <= TEXT_WIDTH
+    for ax in fig.axes:
+        assert ax.get_ylabel(), f"{ax.get_title()!r}: no y-label"
+        assert tick_labels(ax) == ['1', '2', '3'], tick_labels(ax)
+        assert [l.get_xdata()[0] for l in ax.lines if l.get_linestyle() == '--'] == [first_drw - 0.5]
+    assert 'DRW from epoch 3' in [t.get_text() for t in fig.legends[0].get_texts()]
+    plt.close('all')
+
+def test_fig4_ablation_panels():
+    "The ablations draw only the factors their loss varies; DF·LDAM's middle panel is LDAM's margin, not QF."
+    study = by_method(load_runs(STUDY))
+    titles = {m: [ax.get_title() for ax in plot_adjust(study[m]).axes] for m in ('DF', 'QF', 'DF·LDAM', 'ALA+DRW')}
+    plt.close('all')
+    assert len(titles['DF']) == 1 and not any('QF' in t.split('(')[0] for t in titles['DF']), titles['DF']
+    assert len(titles['QF']) == 1 and not any('difficulty' in t for t in titles['QF']), titles['QF']
+    assert not any('quantity factor' in t for t in titles['DF·LDAM']) and 'margin' in titles['DF·LDAM'][1], titles['DF·LDAM']
+    assert titles['ALA+DRW'] == ['difficulty factor DF', 'quantity factor QF', 'adjusting term A = DF·QF']
+
+def test_fig1_error_bars_and_annotations():
+    "Error bars stay within [0, 100] %; the annotations sit above every point and bar and name the baseline."
+    fig = plot_per_class(STUDY, pair=('ALA+DRW', 'LDAM-DRW'))
+    ax = fig.axes[0]
+    ends = np.array([seg[:, 1] for c in ax.containers for seg in c[2][0].get_segments()])
+    points = np.concatenate([c[0].get_ydata() for c in ax.containers])
+    assert len(ends) == len(points) > 0 and ends.min() >= 0 and ends.max() <= 100, (ends.min(), ends.max())
+    notes = [t for t in ax.texts if t.get_text()[:1] in '+−']
+    assert len(notes) == 2 and all(t.get_position()[1] > max(ends.max(), points.max()) for t in notes)
+    assert any('vs LDAM-DRW' in t.get_text() for t in ax.texts)
+    assert fig.get_figwidth() <= TEXT_WIDTH
+    plt.close('all')

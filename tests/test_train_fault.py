@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest, torch
 
 from clitools import ROOT, run, start
-TINY = ['--preset', 'fmnist_lt_tiny']
+TINY = ['--preset', 'fmnist_lt_tiny', '--device', 'cpu']
 
 def run_cli(*args, timeout=300): return run('ala_train', *args, timeout=timeout)
 
@@ -103,7 +103,7 @@ def test_non_finite_loss_keeps_last_good_checkpoint(tmp_path, monkeypatch):
         lf.forward = forward
         return lf
     monkeypatch.setattr(T, 'make_loss', nan_later)
-    cfg = T.get_config('fmnist_lt_tiny', out=str(tmp_path/'run'))
+    cfg = T.get_config('fmnist_lt_tiny', out=str(tmp_path/'run'), device='cpu')
     with pytest.raises(T.NonFiniteLoss, match=r'non-finite training loss in epoch 2, by step 5; .*after epoch 1\), is kept'):
         T.train(cfg)
     st = ckpt(tmp_path/'run')

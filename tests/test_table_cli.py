@@ -1,0 +1,143 @@
+"`ala_table` from the shell on run folders with known numbers: Markdown, CSV and JSON equal an independent numpy computation; runs of different settings are never pooled; bad input is one line."
+import csv, io, json, re
+from pathlib import Path
+import numpy as np, pytest
+
+from clitools import run
+from ala_nb.runs import toy_run
+
+T975 = {1: 12.706204736174694, 2: 4.302652729749462}          # SciPy's stats.t.ppf(0.975, df)
+GROUPS = ('all', 'many', 'medium', 'few')
+IDX = dict(all=[0, 1, 2, 3], many=[0], medium=[1], few=[2, 3])  # toy_run's counts (200, 50, 10, 5): many > 100, few < 20
+CE = {0: [0.9, 0.6, 0.3, 0.1], 1: [0.8, 0.6, 0.4, 0.2], 2: [0.9, 0.5, 0.3, 0.0]}
+ALA = {0: [0.9, 0.7, 0.5, 0.3], 1: [0.9, 0.6, 0.5, 0.4], 2: [0.8, 0.7, 0.6, 0.2]}
+LDAM = {1: [0.8, 0.7, 0.5, 0.3], 3: [0.7, 0.6, 0.5, 0.5]}       # shares only seed 1 with CE
+
+def ala_table(*args): return run('ala_table', *args, timeout=120)
+
+def top1(pc, g): return float(np.mean([pc[k] for k in IDX[g]]))
+
+def summary(runs:dict)->dict: # group -> (mean, std) in percent over seeds
+    return {g: (100 * np.mean([top1(pc, g) for pc in runs.values()]), 100 * np.std([top1(pc, g) for pc in runs.values()], ddof=1))
+            for g in GROUPS}
+
+def paired(runs:dict, base:dict)->dict: # group -> (mean, lo, hi) of the per-seed differences in points
+    seeds = sorted(set(runs) & set(base))
+    out = {}
+    for g in GROUPS:
+        d = 100 * np.array([top1(runs[s], g) - top1(base[s], g) for s in seeds])
+        h = T975[len(d) - 1] * d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else None
+        out[g] = (d.mean(), None if h is None else d.mean() - h, None if h is None else d.mean() + h)
+    return out
+
+@pytest.fixture(scope='module')
+def study(tmp_path_factory):
+    d = tmp_path_factory.mktemp('study')
+    for s, pc in CE.items(): toy_run(d/f'ce-seed{s}', pc, loss='ce', seed=s)
+    for s, pc in ALA.items(): toy_run(d/f'ala-seed{s}', pc, loss='ala', seed=s)
+    for s, pc in LDAM.items(): toy_run(d/f'ldam_drw-seed{s}', pc, loss='ldam', drw=True, seed=s)
+    return d
+
+def test_json_equals_numpy(study):
+    p = ala_table(study, '--json', '--baseline', 'CE')
+    assert p.returncode == 0 and p.stderr == '', p.stderr
+    j = json.loads(p.stdout)
+    assert (j['unit'], j['baseline'], j['groups']) == ('top-1 %', 'CE', list(GROUPS))
+    rows = {r['method']: r for r in j['summary']}
+    assert list(rows) == ['CE', 'LDAM-DRW', 'ALA']
+    for m, runs in (('CE', CE), ('ALA', ALA), ('LDAM-DRW', LDAM)):
+        assert (rows[m]['n'], rows[m]['seeds']) == (len(runs), sorted(runs))
+        for g, (mean, std) in summary(runs).items():
+            assert rows[m][g]['mean'] == pytest.approx(mean, abs=1e-9) and rows[m][g]['std'] == pytest.approx(std, abs=1e-9)
+    pr = {r['method']: r for r in j['paired']}
+    assert sorted(pr) == ['ALA', 'LDAM-DRW'] and (pr['ALA']['seeds'], pr['LDAM-DRW']['seeds']) == ([0, 1, 2], [1])
+    for m, runs in (('ALA', ALA), ('LDAM-DRW', LDAM)):
+        for g, (mean, lo, hi) in paired(runs, CE).items():
+            v = pr[m][g]
+            assert v['mean'] == pytest.approx(mean, abs=1e-9)
+            assert (v['lo'], v['hi']) == ((None, None) if lo is None else (pytest.approx(lo, abs=1e-8), pytest.approx(hi, abs=1e-8)))
+            assert v['verdict'] == ('n/a' if lo is None else 'better' if lo > 0 else 'worse' if hi < 0 else 'within noise')
+
+def test_csv_equals_numpy(study):
+    p = ala_table(study, '--csv', '--baseline', 'CE')
+    assert p.returncode == 0, p.stderr
+    rows = list(csv.DictReader(io.StringIO(p.stdout)))
+    assert list(rows[0]) == ['table', 'method', 'baseline', 'n', 'seeds', 'group', 'mean', 'std', 'ci95_low', 'ci95_high', 'verdict']
+    assert len(rows) == 4 * (3 + 2)
+    got = {(r['table'], r['method'], r['group']): r for r in rows}
+    for m, runs in (('CE', CE), ('ALA', ALA), ('LDAM-DRW', LDAM)):
+        for g, (mean, std) in summary(runs).items():
+            r = got['summary', m, g]
+            assert (float(r['mean']), float(r['std'])) == (pytest.approx(mean, abs=1e-9), pytest.approx(std, abs=1e-9))
+            assert (r['n'], r['seeds'], r['ci95_low']) == (str(len(runs)), ' '.join(map(str, sorted(runs))), '')
+    for m, runs in (('ALA', ALA), ('LDAM-DRW', LDAM)):
+        for g, (mean, lo, hi) in paired(runs, CE).items():
+            r = got['paired', m, g]
+            assert r['baseline'] == 'CE' and float(r['mean']) == pytest.approx(mean, abs=1e-9)
+            if lo is None: assert (r['std'], r['ci95_low'], r['ci95_high']) == ('', '', '')
+            else: assert (float(r['ci95_low']), float(r['ci95_high'])) == (pytest.approx(lo, abs=1e-8), pytest.approx(hi, abs=1e-8))
+
+def test_markdown_equals_numpy(study):
+    p = ala_table(study, '--baseline', 'CE')
+    assert p.returncode == 0, p.stderr
+    assert p.stdout == ala_table(study, '--markdown', '--baseline', 'CE').stdout
+    lines = {l.split('|')[1].strip(): [c.strip() for c in l.strip().strip('|').split('|')] for l in p.stdout.splitlines() if l.startswith('| ')}
+    for m, runs in (('CE', CE), ('ALA', ALA), ('LDAM-DRW', LDAM)):
+        assert lines[m][1:] == [str(len(runs))] + [f"{mean:.1f} ± {std:.1f}" for mean, std in summary(runs).values()]
+    for m, runs in (('ALA', ALA), ('LDAM-DRW', LDAM)):
+        cells = [f"{mean:+.1f}" + (' (1 seed)' if lo is None else f" [{lo:+.1f}, {hi:+.1f}] " + ('better' if lo > 0 else 'worse' if hi < 0 else 'within noise'))
+                 for mean, lo, hi in paired(runs, CE).values()]
+        assert lines[f'{m} − CE'][1:] == [str(len(set(runs) & set(CE)))] + cells
+
+def test_default_baseline_is_the_studys(study):
+    j = json.loads(ala_table(study, '--json').stdout)
+    assert j['baseline'] == 'LDAM-DRW' and [r['method'] for r in j['paired']] == ['CE', 'ALA']
+    for r, runs in zip(j['paired'], (CE, ALA)):
+        assert r['seeds'] == [1] and r['all']['mean'] == pytest.approx(paired(runs, LDAM)['all'][0], abs=1e-9)
+
+def test_settings_are_never_pooled(study, tmp_path):
+    "CE of another data profile, and CE and ALA of 5 epochs: each setting its own rows, pairs only within a setting."
+    other = {0: [0.2, 0.2, 0.2, 0.2], 1: [0.4, 0.4, 0.4, 0.4]}
+    for s, pc in other.items(): toy_run(tmp_path/'profile'/f'ce-seed{s}', pc, loss='ce', seed=s, counts=(300, 50, 10, 5))
+    for s in (0, 1):
+        toy_run(tmp_path/'long'/f'ce-seed{s}', [0.5] * 4, loss='ce', seed=s, epochs=5)
+        toy_run(tmp_path/'long'/f'ala-seed{s}', [0.6] * 4, loss='ala', seed=s, epochs=5)
+    p = ala_table(study, tmp_path/'profile', tmp_path/'long', '--json', '--baseline', 'CE')
+    assert p.returncode == 0, p.stderr
+    j = json.loads(p.stdout)
+    rows = {r['method']: r for r in j['summary']}
+    ce = [m for m in rows if m.startswith('CE [')]
+    assert len(ce) == 3 and len(rows) == 6, list(rows)                  # CE in three settings, ALA in two, LDAM-DRW in one
+    profile = [m for m in ce if 'profile=300→5' in m]
+    long = [m for m in ce if 'epochs=5' in m]
+    three = [m for m in ce if m not in profile + long]
+    assert len(profile) == len(long) == len(three) == 1, ce
+    three, profile, long = three[0], profile[0], long[0]
+    for m, runs in ((three, CE), (profile, other), (long, {0: [0.5] * 4, 1: [0.5] * 4})):
+        for g, (mean, std) in summary(runs).items():
+            assert rows[m][g]['mean'] == pytest.approx(mean, abs=1e-9) and rows[m][g]['std'] == pytest.approx(std, abs=1e-9), (m, g)
+    for r in j['paired']:
+        assert r['method'][r['method'].index(' ['):] == r['baseline'][r['baseline'].index(' ['):], r   # same setting
+    long_ala = next(r for r in j['paired'] if r['method'].startswith('ALA [') and 'epochs=5' in r['method'])
+    assert long_ala['all']['mean'] == pytest.approx(10.0, abs=1e-9) and long_ala['all']['std'] == pytest.approx(0.0, abs=1e-9)
+    md = ala_table(study, tmp_path/'long').stdout
+    assert re.search(r'^\| CE \[.*epochs=5.*\] \| 2 \| 50\.0 ± 0\.0 \|', md, re.M), md
+
+def test_one_folder_counts_once(study):
+    a = json.loads(ala_table(study, '--json').stdout)
+    b = json.loads(ala_table(study, study/'ce-seed0', study/'ala-seed1', '--json').stdout)
+    assert a['summary'] == b['summary'] and a['paired'] == b['paired']
+
+@pytest.mark.parametrize('args, says', [
+    (('{d}/nope',), 'nope: no such run folder'),
+    (('{d}/empty',), 'empty: no run folders in it'),
+    (('{study}', '{d}/copy'), 'two runs of CE with seed 1 in one setting'),
+    (('{study}', '--csv', '--json'), 'give one of --markdown, --csv, --json'),
+    (('{study}', '--baseline', 'Focal'), "--baseline 'Focal': no such method among the runs; choose from CE, LDAM-DRW, ALA"),
+])
+def test_bad_input_is_one_line(study, tmp_path, args, says):
+    (tmp_path/'empty').mkdir()
+    toy_run(tmp_path/'copy', CE[1], loss='ce', seed=1)
+    p = ala_table(*[a.format(d=tmp_path, study=study) for a in args])
+    assert p.returncode == 2 and p.stdout == '', (p.returncode, p.stdout)
+    assert p.stderr.count('\n') == 1 and p.stderr.startswith('ala_table: error: ') and says in p.stderr, p.stderr
