@@ -5,14 +5,13 @@
 # %% auto #0
 __all__ = ['BENCH_DATA', 'BENCH_PARTS', 'LOSS_SIZES', 'time_fn', 'bench_loss', 'bench_data', 'bench_loader', 'StepStream',
            'bench_run', 'OursLoop', 'reference_parts', 'reference_step', 'reference_loop', 'check_equivalence',
-           'device_name', 'bench_train', 'bench_e2e', 'bench_deterministic', 'format_bench', 'ala_bench']
+           'device_name', 'bench_train', 'bench_e2e', 'bench_deterministic', 'format_bench']
 
 # %% ../nbs/22_bench.ipynb #ac9dff4a
-import os, sys, io, json, time, math, itertools, platform, statistics, tempfile, contextlib, datetime, dataclasses
+import os, sys, io, json, time, math, itertools, platform, statistics, tempfile, contextlib, dataclasses
 from typing import Optional, Union
 import torch, torch.nn as nn, torch.nn.functional as F
 from torch.utils.data import DataLoader
-from .cli import call_parse, Choice, AMP_MODES, COMPILE_MODES, ARCH_NAMES, EXIT_BAD_INPUT
 from .losses import ALALoss, make_loss
 from .models import create_model
 from .data import (LTData, DeviceLoader, InMemoryDataset, crop_flip_transform, get_lt_data, lt_counts,
@@ -484,100 +483,3 @@ def _write_new(path:str, obj:dict, overwrite:bool=False):
         else: os.link(tmp, path)                  # fails if the file exists, whoever wrote it meanwhile
     finally:
         if os.path.exists(tmp): os.unlink(tmp)
-
-def _fail(msg:str):
-    print(f"ala_bench: error: {msg}", file=sys.stderr); sys.exit(EXIT_BAD_INPUT)
-
-@call_parse(examples=(
-    "ala_bench --device cpu --threads 1  # this machine: loss, training loops, loaders",
-    "ala_bench --device cuda --parts loss,train,captured,loader,cache,deterministic  # on a GPU, every part",
-    "ala_bench --device cuda --e2e --out bench_gpu.json --overwrite  # also the default run end to end"))
-def ala_bench(device:Choice('device', ('cpu', 'cuda'))=None, # where to time (default: cuda if available, else cpu)
-              out:str='bench.json',  # JSON file for the results; an existing one is kept unless --overwrite
-              overwrite:bool=False,  # replace an existing --out file
-              parts:Choice('part', BENCH_PARTS, many=True)='loss,train,captured,loader', # comma-separated comparisons
-              e2e:bool=False,        # also time the fmnist_lt default run end to end (minutes on a CPU)
-              steps:int=None,        # timed training steps per loop and round (default: 200 on CUDA, 10 on the CPU)
-              rounds:int=5,          # alternating rounds of each comparison
-              batch_size:int=128,    # training and loader batch size (LDAM-DRW: 128)
-              data:Choice('data', BENCH_DATA)='fmnist32', # fmnist32 (Fashion-MNIST-LT padded to 32x32) or standin (random CIFAR-shaped)
-              arch:Choice('arch', ARCH_NAMES)='resnet32', # backbone of both training loops
-              compile:Choice('compile mode', ('auto', 'none', *COMPILE_MODES))='auto', # our eager loop's torch.compile mode; auto: reduce-overhead on CUDA, none on CPU
-              amp:Choice('amp', AMP_MODES)='auto', # our loop's autocast; auto: bf16 on CUDA, off on CPU; fp16: eager step only
-              workers:int=None,      # DataLoader workers of the reference loop and loader comparison (default: 4 on CUDA, 1 on CPU)
-              threads:int=None,      # CPU threads (default: torch's; 1 is steadiest on a shared machine)
-              cache_images:int=None, # cache part: stand-in JPEGs (default: 2048 on CUDA, 16 on the CPU)
-              cache_batch:int=None,  # cache part: batch size (default: 256 on CUDA, 4 on the CPU)
-              cache_arch:Choice('arch', ARCH_NAMES)='resnet50', # cache part: the model
-              cache_workers:int=None, # cache part: DataLoader workers and cache-building threads (default: all CPU cores)
-             ):
-    "Time ALA against cross-entropy, our training loop and loaders against LDAM-DRW-style ones; print ratios, write JSON."
-    chosen = [p.strip() for p in parts.split(',') if p.strip()]
-    bad = [p for p in chosen if p not in BENCH_PARTS]
-    if bad: _fail(f"unknown part(s) {', '.join(bad)} in --parts; choose from {', '.join(BENCH_PARTS)}")
-    if os.path.exists(out) and not overwrite: _fail(f"{out} exists; pass --overwrite to replace it, or another --out")
-    if os.path.isdir(out): _fail(f"{out} is a folder; --out must name a file")
-    if not os.path.isdir(os.path.dirname(os.path.abspath(out))): _fail(f"no folder {os.path.dirname(os.path.abspath(out))} for --out {out}")
-    if data not in BENCH_DATA: _fail(f"unknown --data {data!r}; choose from {', '.join(BENCH_DATA)}")
-    modes = ('auto', 'none', 'default', 'reduce-overhead', 'max-autotune')
-    if compile not in modes: _fail(f"unknown --compile {compile!r}; choose from {', '.join(modes)}")
-    if amp not in ('auto', 'bf16', 'fp16', 'off'): _fail(f"unknown --amp {amp!r}; choose from auto, bf16, fp16, off")
-    if amp == 'fp16' and 'captured' in chosen: _fail("--amp fp16 with the captured part: the captured step takes bf16 or off")
-    dev = device or ('cuda' if torch.cuda.is_available() else 'cpu')
-    try: dev = torch.device(dev)
-    except RuntimeError: _fail(f"unknown --device {device!r}; choose cpu or cuda")
-    if dev.type not in ('cpu', 'cuda'): _fail(f"unknown --device {device!r}; choose cpu or cuda")
-    if dev.type == 'cuda' and not torch.cuda.is_available(): _fail("--device cuda asked for, but CUDA is not available here")
-    for k, v in dict(steps=steps, rounds=rounds, batch_size=batch_size, cache_images=cache_images, cache_batch=cache_batch,
-                     cache_workers=cache_workers).items():
-        if v is not None and v < 1: _fail(f"--{k} must be >= 1, got {v}")
-    if threads: torch.set_num_threads(threads)
-    cuda = dev.type == 'cuda'
-    workers = (4 if cuda else 1) if workers is None else workers
-    say = lambda s: print(f"ala_bench: {s}", file=sys.stderr, flush=True)
-    res = dict(meta=dict(device=str(dev), device_name=device_name(dev), torch=torch.__version__, threads=torch.get_num_threads(),
-                         argv=sys.argv[1:], started=datetime.datetime.now().astimezone().isoformat(timespec='seconds')),
-               loss=None, train=None, captured=None, loader=None, cache=None, deterministic=None, e2e=None)
-    try:
-        d = bench_data(data) if {'train', 'captured', 'loader', 'deterministic'} & set(chosen) else None
-        if 'loss' in chosen:
-            res['loss'] = []
-            for B, C in LOSS_SIZES:
-                say(f"loss {B}x{C}")
-                for mode in dict.fromkeys((None, _compile_mode(compile, dev))):   # eager, and our loop's mode
-                    res['loss'].append(bench_loss(B, C, dev, iters=10 if B * C > 10**6 else 50, repeats=2 * rounds + 1,
-                                                  compile=mode))
-        if 'train' in chosen:
-            say(f"training loops, {arch} batch {batch_size} on {dev}")
-            res['train'] = bench_train(dev, batch_size, steps, rounds, d, arch, 'ala', compile, amp, workers)
-        if 'captured' in chosen:
-            say(f"training loops, captured step, {arch} batch {batch_size} on {dev}")
-            res['captured'] = bench_train(dev, batch_size, steps, rounds, d, arch, 'ala', None, amp, workers, step='captured')
-            fast_amp = amp if amp != 'auto' else ('bf16' if cuda else 'off')
-            eq = check_equivalence(d, dev, amp=fast_amp, steps=5 if cuda else 2, arch=arch, batch_size=batch_size,
-                                   step='captured')
-            tol = 2e-2 if fast_amp == 'bf16' else (1e-5 if cuda else 0.)
-            res['captured']['equivalence'] = dict(eq, tolerance=tol, ok=eq['max_rel_diff'] <= tol)
-        if 'loader' in chosen:
-            say("loaders")
-            res['loader'] = bench_loader(d, batch_size, epochs=3, trials=rounds, device=dev, num_workers=workers)
-        if 'cache' in chosen:
-            say(f"cache vs synthetic vs DataLoader, {cache_arch}")
-            res['cache'] = bench_cache(n_images=cache_images or (2048 if cuda else 16), image_hw=(375, 500) if cuda else (75, 100),
-                                       batch_size=cache_batch or (256 if cuda else 4), steps=30 if cuda else 2,
-                                       warmup=5 if cuda else 1, device=dev.type, model=create_model(cache_arch, 1000, normed=False),
-                                       num_classes=1000, workers=cache_workers)
-            res['cache']['model'] = cache_arch
-        if 'deterministic' in chosen:
-            say("deterministic vs default")
-            res['deterministic'] = bench_deterministic(dev, batch_size, None if steps is None else steps, d, arch)
-        if e2e:
-            say("end to end: fmnist_lt default run")
-            res['e2e'] = bench_e2e('fmnist_lt', 'cuda' if cuda else 'cpu', threads=threads)
-    except (ValueError, FileNotFoundError) as e:
-        _fail(' '.join(str(e).split()) or type(e).__name__)
-    res['meta']['finished'] = datetime.datetime.now().astimezone().isoformat(timespec='seconds')
-    print(format_bench(res))
-    try: _write_new(out, res, overwrite)
-    except FileExistsError: _fail(f"{out} appeared while benchmarking; results not written (pass --overwrite)")
-    say(f"wrote {out}")

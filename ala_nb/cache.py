@@ -6,7 +6,7 @@
 __all__ = ['CACHE_FORMAT', 'resized_size', 'slot_width', 'decode_rgb', 'store_image', 'CacheError', 'split_digest',
            'split_num_classes', 'build_cache', 'write_standin_split', 'SplitCache', 'open_cache',
            'random_resized_crop_boxes', 'center_crop_boxes', 'jitter_params', 'color_jitter', 'crop_batch',
-           'CacheLoader', 'CacheDataset', 'CachedLTData', 'cached_lt_data', 'ala_cache', 'bench_cache']
+           'CacheLoader', 'CacheDataset', 'CachedLTData', 'cached_lt_data', 'bench_cache']
 
 # %% ../nbs/02a_cache.ipynb #92905c02
 import concurrent.futures as cf, hashlib, json, math, os, shutil, sys, tempfile, time
@@ -19,7 +19,6 @@ from torchvision.io import ImageReadMode, decode_image, encode_jpeg, read_file, 
 from torchvision.ops import roi_align
 from torch.utils.data import DataLoader, Dataset
 from PIL import Image
-from .cli import call_parse, EXIT_BAD_INPUT
 from fastprogress.fastprogress import progress_bar
 from .data import DATASETS, IMAGENET_MEAN, IMAGENET_STD, LTData, SplitFileDataset, _generator, imagenet_transform
 
@@ -544,29 +543,6 @@ def cached_lt_data(name:str,     # a split-file data set of DATASETS: imagenet_l
     classes = SplitFileDataset(split_dir, split_dir/spec['splits'][0], C).classes
     return CachedLTData(name, C, tr.counts, classes, CacheDataset(tr, True), CacheDataset(te, False), tr.labels, te.labels,
                         3, 224, IMAGENET_MEAN, IMAGENET_STD, train_cache=tr, test_cache=te)
-
-# %% ../nbs/02a_cache.ipynb #bf6e0f2b
-@call_parse(examples=(
-    "ala_cache /data/imagenet splits/ImageNet_LT_train.txt /fast/cache/imagenet_lt  # the training split, S = 256",
-    "ala_cache /data/imagenet splits/ImageNet_LT_test.txt /fast/cache/imagenet_lt --workers 8  # the test split, 8 threads"))
-def ala_cache(root:str,             # image folder the split file's paths are relative to
-              split_file:str,       # the list: `relative/path label` a line
-              out_dir:str,          # the data set's cache folder; this split goes to OUT_DIR/<split file stem>
-              num_classes:int=None, # labels lie in [0, num_classes) (default: the data set the file's name belongs to)
-              size:int=256,         # S: the shorter side of every stored image
-              max_aspect:float=4/3, # longer sides are centre-cropped to at most int(S · max_aspect)
-              workers:int=None,     # decoding threads (default: all CPU cores)
-              overwrite:bool=False, # replace an existing cache of this split
-             ):
-    "Decode every image of a split file once into a memory-mappable uint8 cache (for CacheLoader / --data_cache)."
-    try: path = build_cache(root, split_file, out_dir, num_classes, size, max_aspect, workers, overwrite)
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
-        msg = ' '.join(l.strip() for l in str(e).splitlines() if l.strip()) or type(e).__name__
-        print(f"ala_cache: error: {msg}", file=sys.stderr)
-        sys.exit(EXIT_BAD_INPUT)
-    m = json.loads((path/'manifest.json').read_text())
-    print(f"{path}: {m['num_images']} images of {m['num_classes']} classes in 3×{m['slot'][0]}×{m['slot'][1]} slots "
-          f"({(path/'images.npy').stat().st_size / 2**30:.2f} GiB), {m['long_side_cropped']} long sides cropped, {m['build_s']:.0f}s")
 
 # %% ../nbs/02a_cache.ipynb #a934b52c
 def _cycle(loader): # batches forever, epoch after epoch

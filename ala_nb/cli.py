@@ -48,7 +48,20 @@ class Choice:
     def __str__(self): return ', '.join([*self.names, *self.patterns])
     def __repr__(self): return f"Choice({self.what!r}: {self})"
 
-# %% ../nbs/00a_cli.ipynb #9d8106a8
+# %% ../nbs/00a_cli.ipynb #05cc58fb
+class _Switch(argparse.Action):
+    "`--x` (True) / `--no-x` (False); `--x false` too, the spelling of older command lines. Left out: the default."
+    def __init__(self, option_strings, dest, default=None, help=None):
+        super().__init__([*option_strings, *(f'--no-{o[2:]}' for o in option_strings)], dest, nargs='?', default=default,
+                         metavar='BOOL', help=help)
+    def __call__(self, parser, ns, value, option_string=None):
+        if option_string.startswith('--no-'):
+            if value is not None: parser.error(f"{option_string} takes no value")
+            return setattr(ns, self.dest, False)
+        v = {'true': True, 'yes': True, '1': True, 'false': False, 'no': False, '0': False}.get(str(value).lower()) if value is not None else True
+        if v is None: parser.error(f"{option_string} is a switch: give {option_string} or --no-{option_string[2:]} (or {option_string} true|false), got {value!r}")
+        setattr(ns, self.dest, v)
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message): self.exit(2, f"{self.prog}: error: {message}\n")   # one line: no usage block
 
@@ -56,6 +69,10 @@ def _width()->int: return min(shutil.get_terminal_size((100, 24)).columns, 120)
 
 class _Help(argparse.RawDescriptionHelpFormatter):     # keeps the examples' lines
     def __init__(self, prog): super().__init__(prog, max_help_position=30, width=_width())
+    def _format_action_invocation(self, action):
+        return ', '.join(action.option_strings) if isinstance(action, _Switch) else super()._format_action_invocation(action)
+    def _format_args(self, action, default_metavar):   # the usage line: [--drw | --no-drw]
+        return f'| {action.option_strings[1]}' if isinstance(action, _Switch) else super()._format_args(action, default_metavar)
 
 def _metavar(name, typ)->str: return 'N' if typ is int else 'X' if typ is float else name.upper()
 
@@ -72,7 +89,7 @@ def _add_argument(p:argparse.ArgumentParser, name:str, anno, default, doc:str):
     if typ in (bool, bool_arg):
         if default is empty: raise TypeError(f"{name}: a bool parameter needs a default (False: a flag; None or True: --{name}/--no-{name})")
         if default is False: return p.add_argument(f'--{name}', dest=name, action='store_true', help=doc)
-        return p.add_argument(f'--{name}', dest=name, default=default, action=argparse.BooleanOptionalAction, help=doc)
+        return p.add_argument(f'--{name}', dest=name, default=default, action=_Switch, help=doc)
     if isinstance(typ, Choice): doc = f"{doc}; one of: {typ}" if doc else f"one of: {typ}"
     if default not in (empty, None, ''): doc += f" (default: {default:.4g})" if isinstance(default, float) else f" (default: {default})"
     if default is empty: return p.add_argument(name, type=typ, metavar=name.upper(), help=doc)
@@ -97,7 +114,7 @@ def cli_parser(func,         # a function with docments (the console script's)
     for k, d in doc.items(): _add_argument(p, k, d.anno, d.default, d.docment)
     return p
 
-# %% ../nbs/00a_cli.ipynb #a58ae546
+# %% ../nbs/00a_cli.ipynb #71c9fed0
 def canonical_flags(p:argparse.ArgumentParser, # a parser from `cli_parser`
                     argv:list,                 # the command line's words, without the program name
                    )->list:                    # `argv` with each flag spelled as `p` knows it
@@ -111,9 +128,7 @@ def canonical_flags(p:argparse.ArgumentParser, # a parser from `cli_parser`
             name, eq, val = a.partition('=')
             name = known.get(name.replace('-', '_'), name)
             act = p._option_string_actions.get(name)
-            if act is not None and not eq and act.nargs is None and act.option_strings and not isinstance(
-                    act, (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse.BooleanOptionalAction)):
-                takes = 1
+            if act is not None and not eq and act.nargs is None: takes = 1
             a = name + eq + val
         out.append(a)
     return out

@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['VAL_SPLITS', 'run_config', 'model_spec', 'load_model', 'split_data', 'posthoc_offset', 'tau_normalize',
-           'evaluate_run', 'eval_report', 'eval_json', 'ala_eval']
+           'evaluate_run', 'eval_report', 'eval_json']
 
 # %% ../nbs/20_eval.ipynb #feed16cf
 import os, sys, json, math, time, warnings
@@ -14,16 +14,15 @@ from typing import Optional
 import torch, torch.nn as nn
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Subset
-from fastcore.script import call_parse
 from .losses import make_loss
 from .models import create_model, NormedLinear
 from .data import DATASETS, DeviceLoader, SplitFileDataset, get_lt_data, imagenet_transform, shot_groups
 from .cache import SplitCache, CacheLoader, cached_lt_data
 from .config import TrainConfig, load_config, validate_config, drw_enabled
 from .runs import CONFIG, FINAL, CKPT, CKPT_PREV, read_json, write_json, _jsonable
-from .checkpoint import _read_checkpoint
+from .checkpoint import read_checkpoint
 from .train import (evaluate, gather_outputs, score, stratified_subset, format_results, resolve_device,
-                          one_line, agree, EXIT_BAD_INPUT)
+                          one_line, agree)
 
 # %% ../nbs/20_eval.ipynb #53982fb2
 def _checkpoint_of(folder:Path, name:str)->dict:
@@ -37,7 +36,7 @@ def _checkpoint_of(folder:Path, name:str)->dict:
         hint = (f"; it has {CKPT_PREV}: pass --checkpoint {CKPT_PREV}" if name == CKPT and (folder/CKPT_PREV).exists()
                 else " (committed study folders keep no checkpoints: re-evaluation needs the weights)")
         raise FileNotFoundError(f"{p}: no such checkpoint{hint}")
-    try: return _read_checkpoint(p)
+    try: return read_checkpoint(p)
     except ValueError as e: raise ValueError(f"{p}: {e}") from None
 
 def run_config(folder,          # a run folder
@@ -271,39 +270,3 @@ def _dumps(obj)->str: return json.dumps(obj, allow_nan=False)
 # %% ../nbs/20_eval.ipynb #d96c763a
 def _one_line_warnings(message, category, filename, lineno, file=None, line=None):
     print(f"ala_eval: warning: {' '.join(str(message).split())}", file=sys.stderr)
-
-@call_parse
-def ala_eval(run_dir:str,             # a run folder written by ala_train (it needs the run's checkpoint.pt)
-             json:bool=False,         # print one JSON object (top1 shaped like final.json's) instead of the table
-             split:str='test',        # test, or val (ImageNet-LT, Places-LT)
-             out:str=None,            # also write the JSON object to this new file (never inside the run folder)
-             tau_la:str=None,         # post-hoc logit adjustment (Menon et al.): scores - tau_la * log(prior), >= 0
-             tau_norm:str=None,       # tau-normalise a linear classifier (Kang et al.): w_j / |w_j|^tau_norm, bias dropped
-             device:str='auto',       # auto (CUDA if available), cpu, cuda or cuda:N; under torchrun: GPU LOCAL_RANK
-             batch_size:int=None,     # images per batch and process (default: the run's eval_batch_size)
-             amp:str=None,            # autocast: auto, bf16, fp16 or off (default: the run's; auto = bf16 on CUDA)
-             checkpoint:str=CKPT,     # the run folder's checkpoint file to evaluate (e.g. checkpoint.prev.pt)
-            ):
-    "Re-evaluate a run folder's checkpoint on its test (or validation) split and print All / Many / Medium / Few top-1; changes nothing in the run folder."
-    rank, world = int(os.environ.get('RANK', 0)), int(os.environ.get('WORLD_SIZE', 1))
-    own_group = world > 1 and not (dist.is_available() and dist.is_initialized())
-    def fail(msg):
-        if rank == 0: print(f"ala_eval: error: {msg}", file=sys.stderr)
-        if own_group and dist.is_initialized(): dist.destroy_process_group()
-        sys.exit(EXIT_BAD_INPUT)
-    with warnings.catch_warnings():
-        warnings.showwarning = _one_line_warnings if rank == 0 else (lambda *a, **k: None)
-        try:
-            dest = _check_out(out, run_dir)
-            if own_group:
-                cuda = device.startswith('cuda') or (device == 'auto' and torch.cuda.is_available())
-                if cuda: torch.cuda.set_device(int(os.environ.get('LOCAL_RANK', 0)))
-                dist.init_process_group('nccl' if cuda else 'gloo')
-            res = evaluate_run(run_dir, split, tau_la, tau_norm, device, batch_size, amp, checkpoint)
-        except (ValueError, TypeError, OSError, KeyError) as e: fail(one_line(e))
-    if rank == 0:
-        obj = eval_json(res)
-        if dest is not None: write_json(dest, obj)
-        if json: print(_dumps(obj))
-        else: print(eval_report(res) + (f"\nwritten to {dest}" if dest is not None else ''))
-    if own_group: dist.destroy_process_group()

@@ -223,6 +223,7 @@ def _read_weights(path:Path):
     try: return read()
     except Exception as e:
         first = (str(e).strip().splitlines() or [''])[0]
+        if 'Weights only load failed' in first: first = 'not a state-dict file of tensors (a pickle of other objects, or not a torch file)'
         raise ValueError(f"{path}: cannot read as weights: {type(e).__name__}: {first}") from None
 
 def _unwrap_state_dict(obj, path):

@@ -7,9 +7,9 @@ __all__ = ['METHOD_NAMES', 'SEEDS', 'resolve_methods', 'summary_table', 'table_m
            'paired_table', 'paired_markdown', 'per_class_consistency', 'sweep_commands', 'sweep_mismatch', 'run_sweep',
            'ala_sweep']
 
-# %% ../nbs/11_study.ipynb #853677d0
+# %% ../nbs/11_study.ipynb #c190d595
 import json, math, os, shlex, shutil, subprocess, sys, time
-from dataclasses import fields
+from dataclasses import fields, asdict
 from pathlib import Path
 import numpy as np
 from .cli import call_parse, Choice
@@ -149,7 +149,7 @@ def per_class_consistency(a:list, b:list, # `RunFolder`s of two methods (one set
     pick = lambda m: [(names[c], float(d[:, c].mean())) for c in np.flatnonzero(m)]
     return dict(wins=pick((d > 0).all(0)), losses=pick((d < 0).all(0)), seeds=seeds)
 
-# %% ../nbs/11_study.ipynb #6973d998
+# %% ../nbs/11_study.ipynb #00813b6f
 SEEDS = (0, 1, 2, 3, 4)
 
 def sweep_commands(methods=tuple(METHODS), # labels or names of `METHODS` to train
@@ -165,7 +165,7 @@ def sweep_commands(methods=tuple(METHODS), # labels or names of `METHODS` to tra
         for s in seeds:
             run = out/f'{method_slug(m)}-seed{s}'
             argv = ['ala_train', '--preset', preset, '--loss', kw['loss']]
-            if 'drw' in kw: argv.append('--drw' if kw['drw'] else '--no-drw')
+            if 'drw' in kw: argv += ['--drw', str(bool(kw['drw']))]
             argv += ['--seed', str(s), '--out', str(run), *map(str, extra)]
             cmds.append((run, argv))
     return cmds
@@ -177,6 +177,7 @@ def sweep_mismatch(folder,  # an existing run folder
                   )->list:  # 'field: folder X, sweep Y' for every field that changes a result
     "How a folder's run differs from the sweep's: every config field that decides its numbers (`epochs` included)."
     have = read_json(Path(folder)/CONFIG) if (Path(folder)/CONFIG).exists() else {}
+    have = {**json.loads(json.dumps(asdict(TrainConfig()))), **have}    # a field the folder predates: its default then
     norm = lambda v: json.dumps(v, sort_keys=True)
     return [f"{k}: folder {have.get(k)!r}, sweep {wanted.get(k)!r}" for k in _RUN_SETTINGS if norm(have.get(k)) != norm(wanted.get(k))]
 
@@ -233,7 +234,7 @@ _METHOD = Choice('method', METHOD_NAMES, {f"or a label: {', '.join(METHODS)}": l
                  many=True)
 
 @call_parse(examples=(
-    "ala_sweep --seeds 0,1,2 --jobs 2 --extra '--threads 1'  # the committed study (nbs/study): 7 methods x 3 seeds",
+    "ala_sweep --out study_runs --jobs 2 --extra '--threads 1'  # the committed study (nbs/study): 7 methods x 5 seeds",
     "ala_sweep --methods ce,ala_drw --seeds 0 --extra '--epochs 2' --out quick  # a quick look at two methods"))
 def ala_sweep(out:str='study_runs',       # parent folder of the run folders
               methods:_METHOD=','.join(METHOD_NAMES), # methods by name or label, comma-separated

@@ -10,7 +10,8 @@ import csv, io, json, math, sys
 from pathlib import Path
 from typing import Optional
 import numpy as np
-from fastcore.script import call_parse, Param
+from fastcore.script import Param
+from .cli import call_parse
 from .runs import GROUPS, load_runs, by_method, _jsonable
 from .study import summary_table, table_markdown, paired_table, paired_markdown
 
@@ -107,7 +108,10 @@ def table_text(t:dict)->str: # Markdown: the mean ± std table, then the paired 
 # %% ../nbs/21_table.ipynb #38df21cf
 def _dumps(obj)->str: return json.dumps(obj, indent=1, allow_nan=False)
 
-@call_parse
+@call_parse(examples=(
+    "ala_table runs/  # a folder of run folders: Markdown",
+    "ala_table runs/ce-seed* runs/ala-seed* --csv > t.csv  # chosen runs, as CSV",
+    "ala_table runs/ --json --baseline CE  # paired differences from CE instead of LDAM-DRW"))
 def ala_table(run_dirs:Param("run folders written by ala_train, or folders holding run folders", str, nargs='+'),
               markdown:bool=False,  # Markdown tables (the default)
               csv:bool=False,       # CSV, one line per (table, method, shot group), top-1 in percent

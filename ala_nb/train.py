@@ -440,10 +440,10 @@ class _State:
     "What `train` knows about its run folder while it runs."
     out:Path; created:bool=False; wrote:bool=False; fresh:bool=False; saved:bool=False; replaced:list=None; lock:object=None; tb:object=None
 
-def _tensorboard(cfg, out):
+def _tensorboard(out=None): # the run folder, or None to check that TensorBoard can be imported
     try: from torch.utils.tensorboard import SummaryWriter
     except ImportError: raise ValueError("--tensorboard needs TensorBoard: pip install 'ala_nb[tb]'") from None
-    return SummaryWriter(str(out/TB))
+    return SummaryWriter(str(out/TB)) if out is not None else None
 
 def _start(cfg:TrainConfig, S:_State, rank:int, log)->tuple: # (run, checkpoint state or None)
     "Lock and check the folder, load and check the checkpoint, build the run, agree across ranks; then write the start."
@@ -457,7 +457,7 @@ def _start(cfg:TrainConfig, S:_State, rank:int, log)->tuple: # (run, checkpoint 
         if st is not None:
             saved = TrainConfig.from_dict(st['config'])
             check_resume(saved, cfg, out, st['epoch'])
-        if cfg.tensorboard and rank == 0: _tensorboard(cfg, out).close()  # fails early, before anything is written
+        if cfg.tensorboard and rank == 0: _tensorboard()                   # fails early, before anything is written
         run = build_run(cfg)
     except Exception as e:
         if not _ddp(): raise
@@ -475,7 +475,7 @@ def _start(cfg:TrainConfig, S:_State, rank:int, log)->tuple: # (run, checkpoint 
             if st is not None and not (out/CONFIG).exists(): log(f"{out/CONFIG} was missing: rewritten from {out/CKPT}")
             write_json(out/CONFIG, asdict(cfg))
             for f in (METRICS, TRACE): truncate_jsonl(out/f, st['epoch'] if st else 0)
-            if cfg.tensorboard: S.tb = _tensorboard(cfg, out)
+            if cfg.tensorboard: S.tb = _tensorboard(out)
         except OSError as e:
             if not _ddp(): raise
             err = f"rank 0 could not write {out}: {one_line(e)}"

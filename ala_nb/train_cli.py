@@ -121,6 +121,10 @@ def ala_train(preset:Choice('preset', PRESETS)=None,  # the recipe: data set, ba
               threads:int=None,       # CPU threads (default: torch's; 1 is fastest when the cores are shared)
               progress_every:float=None, # seconds between progress lines when stdout is not a terminal; 0: none (default: 30)
               tensorboard:bool=None,  # also write TensorBoard events into RUN/tb (needs the [tb] extra) (default: off)
+              step:Choice('step', ('eager', 'captured'))=None, # the SGD step: eager, or captured whole in a CUDA graph (default: the preset's)
+              data_cache:str=None,    # split-file sets: a cache folder made by ala_cache, augmented on the device
+              deterministic:bool=None, # CUDA: deterministic kernels, no cudnn.benchmark/TF32 (bit-reproducible, slower) (default: off)
+              sync_bn:bool=None,      # several GPUs: SyncBatchNorm, statistics over the global batch (default: off)
               config:str=None,        # a JSON/YAML file of TrainConfig fields, or a run folder (its config.json: that run again)
               cfg:str=None,           # more TrainConfig fields: inline JSON, e.g. '{"sampler": "sqrt"}', or a file
               resume:bool=False,      # continue the run in the run folder from its checkpoint
@@ -135,7 +139,7 @@ def ala_train(preset:Choice('preset', PRESETS)=None,  # the recipe: data set, ba
     flags = dict(loss=loss, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, drw=drw, drw_epoch=drw_epoch, arch=arch,
                  root=data_root, split_dir=split_dir, device=device, amp=amp, compile=compile, n_max=n_max,
                  imb_factor=imb_factor, max_test=max_test, threads=threads, progress_every=progress_every,
-                 tensorboard=tensorboard)
+                 tensorboard=tensorboard, step=step, data_cache=data_cache, deterministic=deterministic, sync_bn=sync_bn)
     flags = {k: v for k, v in flags.items() if v is not None}
     if compile == 'none': flags['compile'] = None
     try:

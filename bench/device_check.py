@@ -48,15 +48,20 @@ def start(cmd:list, log:Path, env=None):
     f = open(log, 'w')
     return subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT, env=env, start_new_session=True), f, time.time()
 
-def finish(job, cmd, log:Path, deadline:float)->dict:
-    p, f, t0 = job
-    try: rc, timed_out = p.wait(timeout=max(1., deadline - time.time())), False
-    except subprocess.TimeoutExpired:
-        os.killpg(p.pid, signal.SIGKILL); rc, timed_out = p.wait(), True
-    f.close()
-    text = log.read_text(errors='replace')
-    return dict(cmd=' '.join(map(str, cmd)), rc=rc, timed_out=timed_out, wall_s=round(time.time() - t0, 1),
-                log=str(log), tail=text[-3000:])
+def finish_all(jobs:dict, deadline:float)->dict:
+    "Wait for background jobs {name: (cmd, job)}, each timed to its own end; kill what runs past `deadline`."
+    res, todo = {}, dict(jobs)
+    while todo:
+        for name, (cmd, (p, f, t0)) in list(todo.items()):
+            rc, timed_out = p.poll(), False
+            if rc is None and time.time() < deadline: continue
+            if rc is None: os.killpg(p.pid, signal.SIGKILL); rc, timed_out = p.wait(), True
+            f.close(); text = Path(f.name).read_text(errors='replace')
+            res[name] = dict(cmd=' '.join(map(str, cmd)), rc=rc, timed_out=timed_out, wall_s=round(time.time() - t0, 1),
+                             log=f.name, tail=text[-3000:])
+            del todo[name]
+        time.sleep(0.2)
+    return res
 
 def gpu_notebooks()->list:
     "Notebooks with a `#| gpu` cell."
@@ -135,9 +140,9 @@ def main(argv=None):
             cmd = [sys.executable, str(ROOT/'bench/ddp_cudagraphs.py'), '--out', str(work/'ddp_cudagraphs.json')]
             jobs['ddp_cudagraphs'] = (cmd, start(cmd, work/'ddp_cudagraphs.log', dict(env, TORCH_LOGS='cudagraphs')))
     say(f"started {', '.join(jobs) or 'nothing'} side by side")
-    t_par = time.time() + left(900. if cpu else 180.)
-    for name, (cmd, job) in jobs.items():
-        r = finish(job, cmd, work/f'{name}.log', t_par)
+    done = finish_all(jobs, time.time() + left(900. if cpu else 180.))
+    for name in jobs:
+        r = done[name]
         if name == 'notebooks': r.update(notebooks=nbs, flags='' if cpu else 'gpu')
         if name == 'pytest_gpu': r.update(counts=pytest_counts(Path(r['log']).read_text(errors='replace')))
         if name == 'ddp_cudagraphs':
@@ -159,7 +164,7 @@ def main(argv=None):
     # 4: ala_bench, alone
     if 'bench' not in skip:
         bj = work/'bench.json'
-        cmd = console('ala_bench', 'bench') + ['--out', str(bj), '--overwrite', '--parts',
+        cmd = console('ala_bench', 'bench_cli') + ['--out', str(bj), '--overwrite', '--parts',
                                                 'loss,train,captured,loader,cache,deterministic']
         if cpu: cmd += ['--device', 'cpu', '--steps', '2', '--rounds', '1', '--batch_size', '16', '--arch', 'resnet8',
                         '--workers', '0', '--threads', '1', '--cache_arch', 'resnet8', '--cache_images', '8',
@@ -174,7 +179,7 @@ def main(argv=None):
     # 5: the protocol run, alone
     if 'protocol' not in skip:
         rd = work/'protocol_run'
-        cmd = console('ala_train', 'train') + ['--preset', 'fmnist_lt_cifar', '--out', str(rd)]
+        cmd = console('ala_train', 'train_cli') + ['--preset', 'fmnist_lt_cifar', '--out', str(rd)]
         if cpu: cmd += ['--device', 'cpu', '--epochs', '1', '--arch', 'resnet8', '--n_max', '100', '--max_test', '200',
                         '--threads', '1']
         else: cmd += ['--device', 'cuda']

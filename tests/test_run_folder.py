@@ -179,7 +179,7 @@ def test_bad_input_one_line(tmp_path):
 def test_pretrained_not_a_torch_file(tmp_path):
     junk = tmp_path/'weights.pth'; junk.write_text('not a state dict')
     line = one_error(cli(*TINY, '--out', tmp_path/'r', '--cfg', json.dumps({'pretrained': str(junk)})))
-    assert str(junk) in line and 'state-dict' in line, line
+    assert str(junk) in line and 'not a state-dict file' in line and 'weights_only' not in line, line
     assert not (tmp_path/'r').exists()
 
 @pytest.mark.parametrize('epochs', [1, 2])
@@ -194,24 +194,26 @@ def test_any_epochs_on_the_default_preset(tmp_path, epochs):
 
 # ------------------------------------------------------------------------------------------------ split-file data sets
 def _split_set(root, bad=None):
-    "A stand-in ImageNet-LT: 4 training images (one `bad`: 'junk' or 'missing'), 2 test images."
+    "A stand-in Places-LT: one tiny training image per class of the 365 (class 2's `bad`: 'junk' or 'missing'), 2 test images."
     lines = []
-    for i in range(4):
-        p = root/f'train/n{i:02d}/img{i}.JPEG'; p.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(np.full((40, 48, 3), 30 * i, np.uint8)).save(p)
-        lines.append(f'train/n{i:02d}/img{i}.JPEG {i}')
-    if bad == 'junk': (root/'train/n02/img2.JPEG').write_bytes(b'not a jpeg')
-    if bad == 'missing': (root/'train/n02/img2.JPEG').unlink()
-    (root/'ImageNet_LT_train.txt').write_text('\n'.join(lines) + '\n')
-    (root/'ImageNet_LT_test.txt').write_text('train/n00/img0.JPEG 0\ntrain/n01/img1.JPEG 1\n')
+    for i in range(365):
+        p = root/f'train/c{i:03d}/img{i}.jpg'; p.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((16, 20, 3), i % 250, np.uint8)).save(p)
+        lines.append(f'train/c{i:03d}/img{i}.jpg {i}')
+    if bad == 'junk': (root/'train/c002/img2.jpg').write_bytes(b'not a jpeg')
+    if bad == 'missing': (root/'train/c002/img2.jpg').unlink()
+    (root/'Places_LT_train.txt').write_text('\n'.join(lines) + '\n')
+    (root/'Places_LT_test.txt').write_text('train/c000/img0.jpg 0\ntrain/c001/img1.jpg 1\n')
 
 @pytest.mark.parametrize('bad, want', [('junk', 'unreadable image'), ('missing', 'image not found')])
 def test_bad_image_with_dataloader_workers_is_named(tmp_path, bad, want):
     _split_set(tmp_path, bad)
-    line = one_error(cli('--preset', 'imagenet_lt_r50', '--arch', 'resnet8', '--device', 'cpu', '--data_root', tmp_path,
-                         '--batch_size', 4, '--epochs', 1, '--out', tmp_path/'r', '--cfg', '{"num_workers": 2}'))
-    assert f'{tmp_path}/train/n02/img2.JPEG: {want}' in line and 'ImageNet_LT_train.txt:3' in line, line
+    line = one_error(cli('--preset', 'places_lt_r152', '--arch', 'resnet8', '--device', 'cpu', '--data_root', tmp_path,
+                         '--batch_size', 365, '--epochs', 1, '--out', tmp_path/'r',
+                         '--cfg', '{"num_workers": 2, "pretrained": null}'))
+    assert f'{tmp_path}/train/c002/img2.jpg: {want}' in line and 'Places_LT_train.txt:3' in line, line
     assert len(line) < 400 and 'Original Traceback' not in line and 'DataLoader worker' not in line, line
+    assert not (tmp_path/'r').exists()
 
 
 # ------------------------------------------------------------------------------------------------ unwritable and full disks

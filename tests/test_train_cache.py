@@ -29,7 +29,7 @@ def cache(tmp_path_factory):
 
 def cfg(c, **kw):
     return get_config('imagenet_lt_r50', arch='resnet8', root=str(c['root']), split_dir=str(c['split_dir']),
-                      data_cache=str(c['cache']), epochs=1, batch_size=4, eval_batch_size=3, device='cpu', threads=1,
+                      data_cache=str(c['cache']), epochs=1, batch_size=4, eval_batch_size=3, device='cpu', threads=1, loss='ce',
                       num_workers=0, **kw)
 
 def test_loaders_come_from_the_cache(cache):
@@ -62,7 +62,7 @@ def test_two_ranks_shard_the_cache(cache, tmp_path):
                             eval_batch_size=3, debug_rank_dump=True))
     p = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
                         script('ala_train'), '--preset', 'imagenet_lt_r50', '--arch', 'resnet8', '--data_root', c['root'],
-                        '--epochs', '1', '--batch_size', '4', '--device', 'cpu', '--threads', '1', '--out', str(out),
+                        '--epochs', '1', '--batch_size', '4', '--device', 'cpu', '--threads', '1', '--loss', 'ce', '--out', str(out),
                         '--cfg', extra], capture_output=True, text=True, timeout=400, cwd=ROOT, env=ENV)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
     h = [json.loads((out/f'rank{r}.json').read_text())['sha256'] for r in (0, 1)]
@@ -90,7 +90,7 @@ def test_refused(cache, kw, msg):
     with pytest.raises(ValueError, match=msg): build_run(cfg(cache, **kw))
 
 def test_cli_names_a_missing_cache(cache, tmp_path):
-    p = run('ala_train', '--preset', 'imagenet_lt_r50', '--arch', 'resnet8', '--data_root', cache['root'], '--device', 'cpu',
+    p = run('ala_train', '--preset', 'imagenet_lt_r50', '--arch', 'resnet8', '--loss', 'ce', '--data_root', cache['root'], '--device', 'cpu',
             '--out', tmp_path/'run', '--cfg', json.dumps(dict(data_cache=str(tmp_path/'nocache'), split_dir=str(cache['split_dir']),
                                                                pretrained=None)), timeout=120)
     assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stderr

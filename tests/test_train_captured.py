@@ -75,3 +75,19 @@ def test_refused_in_one_line(tmp_path, cfg, msg):
     r = run('ala_train', *TINY, '--out', tmp_path/'run', '--cfg', cfg, timeout=120)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and msg in r.stderr, r.stderr
     assert not (tmp_path/'run').exists()
+
+def test_two_ranks_captured_equals_eager(tmp_path):
+    "torchrun, 2 gloo processes: under DDP the captured step runs uncaptured on the DDP model — the eager DDP run's weights, to the bit."
+    import subprocess, sys
+    from clitools import ROOT, ENV, script
+    h = {}
+    for name, cfg in (('eager', '{"debug_rank_dump": true}'), ('captured', '{"debug_rank_dump": true, "step": "captured"}')):
+        out = tmp_path/name
+        p = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
+                            script('ala_train'), *TINY, '--out', str(out), '--cfg', cfg],
+                           capture_output=True, text=True, timeout=400, cwd=ROOT, env=ENV)
+        assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
+        h[name] = [json.loads((out/f'rank{r}.json').read_text())['sha256'] for r in (0, 1)]
+        assert h[name][0] == h[name][1]
+    assert h['captured'] == h['eager']
+    assert metrics(tmp_path/'captured') == metrics(tmp_path/'eager')

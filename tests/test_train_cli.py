@@ -103,7 +103,7 @@ def _driver(tmp_path, cases) -> list:
     script = tmp_path/'driver.py'
     script.write_text(
         'import sys, io, json, contextlib\n'
-        'from ala_nb.train import ala_train\n'
+        'from ala_nb.train_cli import ala_train\n'
         'res = []\n'
         'for argv in json.loads(sys.argv[1]):\n'
         '    sys.argv = ["ala_train"] + argv\n'
