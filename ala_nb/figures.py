@@ -50,7 +50,8 @@ def draw_figures(run_dirs,                 # run folders, or folders of run fold
                              f"{runs[0].counts.tolist()}: draw one data set at a time")
     groups, out, paths = by_method(runs), Path(out), []
     out.mkdir(parents=True, exist_ok=True)
-    paths += _save(plot_per_class(groups), out, 'fig1_per_class', dpi, formats)
+    pair = ('ALA+DRW', 'LDAM-DRW') if 'ALA+DRW' in groups else ('ALA', 'LDAM-DRW')   # the paper trains ALA with DRW
+    paths += _save(plot_per_class(groups, pair=pair), out, 'fig1_per_class', dpi, formats)
     with_outputs = {m: rs for m, rs in groups.items() if all((r.path/'test_outputs.npz').exists() for r in rs)}
     if with_outputs: paths += _save(plot_confidence(with_outputs), out, 'fig3_confidence', dpi, formats)
     else: log("fig3_confidence skipped: no method has test_outputs.npz in all its runs")

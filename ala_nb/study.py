@@ -177,7 +177,8 @@ def sweep_mismatch(folder,  # an existing run folder
                   )->list:  # 'field: folder X, sweep Y' for every field that changes a result
     "How a folder's run differs from the sweep's: every config field that decides its numbers (`epochs` included)."
     have = read_json(Path(folder)/CONFIG) if (Path(folder)/CONFIG).exists() else {}
-    have = {**json.loads(json.dumps(asdict(TrainConfig()))), **have}    # a field the folder predates: its default then
+    defaults = json.loads(json.dumps(asdict(TrainConfig())))
+    have, wanted = {**defaults, **have}, {**defaults, **wanted}        # a field a config predates: its default then
     norm = lambda v: json.dumps(v, sort_keys=True)
     return [f"{k}: folder {have.get(k)!r}, sweep {wanted.get(k)!r}" for k in _RUN_SETTINGS if norm(have.get(k)) != norm(wanted.get(k))]
 

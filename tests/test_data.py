@@ -191,14 +191,21 @@ def nowhere(tmp_path, monkeypatch):
 
 
 def test_fmnist_missing_names_every_place(tmp_path, nowhere):
-    root = tmp_path/'root'; root.mkdir()
-    with pytest.raises(FileNotFoundError) as e: D.get_lt_data('fmnist_lt', root=root)
+    with pytest.raises(FileNotFoundError) as e: D.get_lt_data('fmnist_lt')
     msg = str(e.value)
-    for place in (f'root: {root}', f"ALA_DATA: {nowhere['ala_data']}", f"system: {nowhere['system']}",
+    for place in (f"ALA_DATA: {nowhere['ala_data']}", f"system: {nowhere['system']}",
                   f"cache: {nowhere['xdg']/'ala_nb/fashion-mnist'}", 'sudo apt-get install dataset-fashion-mnist',
                   'train-images-idx3-ubyte[.gz]', 'FashionMNIST/raw'):
         assert place in msg, (place, msg)
     assert msg.count('Fashion-MNIST not found') == 1
+
+
+def test_fmnist_explicit_root_is_the_only_place(tmp_path, nowhere):
+    "An explicit root that lacks the files is an error naming it alone: no other place is tried."
+    root = tmp_path/'root'; root.mkdir()
+    with pytest.raises(FileNotFoundError) as e: D.get_lt_data('fmnist_lt', root=root)
+    msg = str(e.value)
+    assert f'data root {root}: Fashion-MNIST not found there' in msg and 'ALA_DATA' not in msg and 'system' not in msg, msg
 
 
 def test_fmnist_default_cache_is_home(tmp_path, monkeypatch, nowhere):

@@ -110,8 +110,8 @@ def test_two_runs_on_one_folder_second_is_refused(tmp_path):
     assert a.returncode == 0, (tmp_path/'a.log').read_text()
     cfg, st = json.loads((out/'config.json').read_text()), ckpt(out)
     assert cfg['loss'] == st['config']['loss'] == 'ala'
-    ep = [m['epoch'] for m in metrics(out)]
-    assert ep == sorted(set(ep)) == list(range(1, st['epoch'] + 1))   # every epoch once
+    ep = [m['epoch'] for m in metrics(out)] if (out/'metrics.jsonl').exists() else []
+    assert ep == list(range(1, st['epoch'] + 1))                     # every finished epoch once
     assert not (out/'run.lock').exists()
 
 
