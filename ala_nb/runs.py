@@ -94,7 +94,7 @@ def read_jsonl(path,             # a .jsonl file
         raise FileNotFoundError(f"{path}: not found")
     raw = path.read_bytes()
     lines = raw.split(b'\n')
-    torn = lines.pop()                                            # b'' when the file ends with a newline
+    lines.pop()                                                   # b'' after a final newline; else a torn last line, skipped
     out = []
     for i, line in enumerate(lines, 1):
         if not line.strip(): continue

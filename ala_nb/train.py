@@ -18,12 +18,11 @@ import numpy as np, torch, torch.nn as nn
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, DistributedSampler, Subset, Sampler
-from fastcore.script import call_parse, bool_arg
 from fastcore.imports import IN_NOTEBOOK
 from .losses import make_loss
 from .models import create_model
 from .data import DeviceLoader, ClassAwareSampler, get_lt_data, shot_groups, per_class_accuracy, shot_accuracy
-from .config import TrainConfig, PRESETS, get_config, validate_config, drw_enabled, load_config
+from .config import TrainConfig, PRESETS, get_config, validate_config, drw_enabled
 from .runs import (CONFIG, METRICS, TRACE, FINAL, OUTPUTS, CKPT, TB, RUN_FILES, RunLock, run_dir, check_run_folder,
                          folder_state, clean_leftovers, set_aside, drop_replaced, check_resume, write_json, write_outputs,
                          append_jsonl, truncate_jsonl, read_json, _jsonable, REPLACED)
