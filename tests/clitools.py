@@ -1,6 +1,7 @@
 "Shared by the command-line tests: run this package's console scripts the way a user does."
 import os, subprocess, sys
 from pathlib import Path
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, PYTHONUNBUFFERED='1', OMP_NUM_THREADS='1', MPLBACKEND='Agg')
@@ -25,3 +26,12 @@ def start(name:str, *args, log) -> subprocess.Popen:
     "Start console script `name` in the background, its output going to the open file `log`."
     return subprocess.Popen([sys.executable, script(name), *map(str, args)], stdout=log, stderr=subprocess.STDOUT,
                             cwd=ROOT, env=ENV)
+
+def _splits_dir():
+    "The real split files: ../shared/data/splits beside the repo, else $ALA_SPLITS; None if neither has them."
+    for d in (ROOT.parent/'shared/data/splits', os.environ.get('ALA_SPLITS')):
+        if d and (Path(d)/'Places_LT_train.txt').is_file(): return Path(d)
+
+SPLITS = _splits_dir()
+needs_splits = pytest.mark.skipif(SPLITS is None, reason='real split files not found: expected ../shared/data/splits '
+                                  'beside the repo (shared/ copied next to the clone) or $ALA_SPLITS')

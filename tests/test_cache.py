@@ -7,17 +7,10 @@ from PIL import Image
 import ala_nb
 import ala_nb.cache as K
 from ala_nb.data import SplitFileDataset
-from clitools import run
+from clitools import run, SPLITS, needs_splits
 
 pytestmark = pytest.mark.filterwarnings('ignore:The image decoding and encoding capabilities of TorchVision:DeprecationWarning')
 
-def _splits_dir():
-    for d in (Path(ala_nb.__file__).parents[2]/'shared/data/splits', os.environ.get('ALA_SPLITS')):
-        if d and (Path(d)/'Places_LT_train.txt').is_file(): return Path(d)
-
-SPLITS = _splits_dir()
-needs_splits = pytest.mark.skipif(SPLITS is None, reason='real split files not found: expected ../shared/data/splits '
-                                  'beside the repo (shared/ copied next to the clone) or $ALA_SPLITS')
 
 
 def _standin(root, rel, hw, seed):

@@ -6,15 +6,9 @@ import numpy as np, pytest, torch, torchvision
 from PIL import Image
 import ala_nb
 import ala_nb.data as D
+from clitools import SPLITS, needs_splits
 
 
-def _splits_dir():
-    for d in (Path(ala_nb.__file__).parents[2]/'shared/data/splits', os.environ.get('ALA_SPLITS')):
-        if d and (Path(d)/'Places_LT_train.txt').is_file(): return Path(d)
-
-SPLITS = _splits_dir()
-needs_splits = pytest.mark.skipif(SPLITS is None, reason='real split files not found: expected ../shared/data/splits '
-                                  'beside the repo (shared/ copied next to the clone) or $ALA_SPLITS')
 
 
 def _groups(counter, C):
