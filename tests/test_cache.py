@@ -1,5 +1,5 @@
 """File-system and command-line tests of ala_nb.cache: caches of the real split files' paths with stand-in JPEGs,
-every damaged input, atomic builds, and `ala_cache` run as a user runs it. nbs/02a_cache.ipynb holds the rest."""
+every damaged input, atomic builds, and `ala_cache` run as a user runs it. nbs/05a_cache.ipynb holds the rest."""
 import hashlib, json, os, shutil
 from pathlib import Path
 import numpy as np, pytest, torch

@@ -1,5 +1,5 @@
 """Runs you can trust: every way a command used to give a silently wrong result, or a traceback, on a run folder.
-Each test runs the real `ala_train` as a user would (see nbs/03a_runs and nbs/03d_train for the pieces)."""
+Each test runs the real `ala_train` as a user would (see nbs/04_runs and nbs/04d_train for the pieces)."""
 import contextlib, hashlib, json, os, shutil, signal, socket, subprocess, sys, time
 from pathlib import Path
 import numpy as np, pytest, torch

@@ -1,6 +1,6 @@
 """ala_nb.step: the captured step against the eager `train_step` loop (CPU: to the bit), its lr table, resume,
 misuse; on a GPU (skipped without CUDA): capture vs eager in bf16, no host sync per step, resume, `bench_step`.
-nbs/03c_step.ipynb holds the smaller checks."""
+nbs/03a_step.ipynb holds the smaller checks."""
 import copy, io
 from dataclasses import replace
 import pytest, torch
