@@ -6,7 +6,7 @@
 
 nbdev_docs needs quarto; this needs only nbconvert and jupyter-server-mathjax (both in the `[dev]` extra).
 Notebooks are exported as committed (never executed): their outputs, figures included, are shown.
-Maths is typeset by a local copy of MathJax 2 in DIR/mathjax/, so the site works without a network,
+Maths is typeset by a local copy of MathJax 2 (HTML-CSS output, STIX-Web fonts) in DIR/mathjax/, so the site works without a network,
 opened from the disk (file://) or served (`python -m http.server -d _docs -b 127.0.0.1`).
 Pages: index.html (README), contents.html (each notebook's title and summary), one NAME.html per notebook;
 every page has a sidebar linking all the others. nbdev's `#|` directive lines are not shown; `#| hide`
@@ -84,6 +84,10 @@ def prepare(nb):
                     if not any(k.startswith('image/') for k in data): data['text/plain'] = WIDGET_NOTE
             if not c.source and not c.get('outputs'): continue
         cells.append(c)
+    # nbdev makes the first `# ` heading the page's title: put that cell first (a `default_exp` cell may precede it)
+    first = next((i for i, c in enumerate(cells) if c.cell_type == 'markdown'
+                  and any(l.startswith('# ') for l in c.source.splitlines())), None)
+    if first: cells.insert(0, cells.pop(first))
     nb.cells = cells
     return nb
 
@@ -111,6 +115,12 @@ TEMPLATE = r"""{%- extends 'index.html.j2' -%}
 {%- block html_head_js_requirejs -%}{%- endblock html_head_js_requirejs -%}
 {% block jupyter_widgets %}{% endblock jupyter_widgets %}
 {%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
+{%- block html_head_js_mathjax -%}
+<script type="text/x-mathjax-config">
+MathJax.Hub.Config({"HTML-CSS": {availableFonts: [], preferredFont: null, imageFont: null, webFont: "STIX-Web"}});
+</script>
+{{ super() }}
+{%- endblock html_head_js_mathjax -%}
 {% block extra_css %}<style type="text/css">{{ resources.ala_css }}</style>{% endblock extra_css %}
 {%- block body_header -%}
 <body class="jp-Notebook" data-jp-theme-light="true" data-jp-theme-name="JupyterLab Light">
@@ -128,7 +138,8 @@ def exporter():
     from jinja2 import DictLoader
     from nbconvert import HTMLExporter
     return HTMLExporter(template_name='lab', template_file='ala_page.html.j2', mathjax_url=MATHJAX_URL,
-                        extra_loaders=[DictLoader({'ala_page.html.j2': TEMPLATE})], exclude_input_prompt=False)
+                        extra_loaders=[DictLoader({'ala_page.html.j2': TEMPLATE})],
+                        exclude_input_prompt=True, exclude_output_prompt=True)
 
 def nav_html(pages, current):
     "The sidebar: home, contents, then every notebook in reading order; `current` is marked."
