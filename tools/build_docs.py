@@ -176,6 +176,15 @@ def link_notebook_names(body, pages):
         return f'<a href="{href}">{m.group(0)}</a>' if href else m.group(0)
     return re.sub(r'<code>nbs/([\w.-]+?)\.ipynb</code>', sub, body)
 
+def link_notebooks(body, name, log):
+    "Links to `NAME.ipynb` (a notebook of nbs/) point at its page `NAME.html`; other local links are checked."
+    def sub(m):
+        stem, frag = m.group(1), m.group(2) or ''
+        if (NBS / f'{stem}.ipynb').is_file(): return f'href="{stem}.html{frag}"'
+        log(f'  warning: {name}: link to {stem}.ipynb, which is not a notebook in nbs/ (left as it is)')
+        return m.group(0)
+    return re.sub(r'href="(?:\./)?(?:nbs/)?([\w.-]+)\.ipynb(#[^"]*)?"', sub, body)
+
 def md_notebook(text):
     import nbformat
     nb = nbformat.v4.new_notebook()
@@ -216,11 +225,12 @@ def build(out=ROOT / '_docs', names=None, log=print):
     copy_mathjax(out)
     ex = exporter()
     def write(name, nb, title, pager=''):
-        nb.metadata['title'] = title
+        nb.metadata['title'] = title.replace('`', '')
         res = dict(ala_css=CSS, ala_nav=nav_html(pages, name), ala_pager=pager,
                    metadata=dict(name=title))
         body, _ = ex.from_notebook_node(nb, resources=res)
         if name == 'index.html': body = link_notebook_names(body, pages)
+        body = link_notebooks(body, name, log)
         (out / name).write_text(body, encoding='utf-8')
         log(f'  {name}')
     readme = (ROOT / 'README.md').read_text(encoding='utf-8')
