@@ -12,6 +12,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 from .runs import load_runs
+from .methods import METHODS
 from .fig_per_class import TEXT_WIDTH, FONT
 
 # %% ../nbs/15_fig4_adjust.ipynb #1aa3b2af
@@ -23,7 +24,7 @@ def adjust_curves(runs, # one method's `Run`s or run folders (its seeds)
     runs = load_runs(runs)
     missing = [str(r.path) for r in runs if not r.trace]
     if missing: raise FileNotFoundError(f"{missing[0]}: adjust_trace.jsonl missing or empty "
-                                        "(only losses with adjusting terms write one: ala, df, qf, df_ldam)")
+                                        f"(only losses with adjusting terms write one: {', '.join(n for n, m in METHODS.items() if m.records_terms)})")
     E = min(len(r.trace) for r in runs)
     epochs = np.array([rec['epoch'] for rec in runs[0].trace[:E]])
     for r in runs[1:]:
@@ -40,14 +41,7 @@ def adjust_curves(runs, # one method's `Run`s or run folders (its seeds)
     return out
 
 # %% ../nbs/15_fig4_adjust.ipynb #568ecc16
-LOSS_TERMS = {  # loss -> (term, panel title, y-label) for each term its trace varies
-    'ala':     (('df', 'difficulty factor DF', 'mean DF per sample'), ('qf', 'quantity factor QF', 'mean QF per sample'),
-                ('adjust', 'adjusting term A = DF·QF', 'mean A per sample')),
-    'df':      (('df', 'difficulty factor DF = A\n(QF ≡ 1 in this loss)', 'mean DF per sample'),),
-    'qf':      (('qf', 'quantity factor QF = A\n(DF ≡ 1 in this loss)', 'mean QF per sample'),),
-    'df_ldam': (('df', 'difficulty factor DF', 'mean DF per sample'), ('qf', "LDAM's margin m\n(in place of QF)", 'mean m per sample'),
-                ('adjust', 'adjusting term A = DF·m', 'mean A per sample')),
-}
+LOSS_TERMS = {n: m.terms for n, m in METHODS.items() if m.records_terms}  # loss -> (term, panel title, y-label) for each term its trace varies
 
 def held_at_one(runs, # one method's `Run`s or run folders
                )->list: # the factors ('df', 'qf') the runs' loss holds at 1 (not drawn)

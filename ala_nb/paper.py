@@ -9,6 +9,7 @@ __all__ = ['PAPER', 'FIELDS', 'SOURCES', 'MARKS', 'TITLES', 'PAPER_ROWS', 'GROUP
 
 # %% ../nbs/10_paper_tables.ipynb #735299e6
 import shlex
+from .methods import METHODS, STUDY, label_args
 
 # %% ../nbs/10_paper_tables.ipynb #a1f562f6
 PAPER = ("Zhao, Chen, Tan, Huang, Zhu. Adaptive Logit Adjustment Loss for Long-Tailed Visual Recognition. "
@@ -141,8 +142,7 @@ def paper_markdown(table:int, # 1, 2, 3 or 4
 # %% ../nbs/10_paper_tables.ipynb #9dbd3b06
 PRESET_OF = {('ImageNet-LT', 'ResNet-50'): 'imagenet_lt_r50', ('ImageNet-LT', 'ResNeXt-50'): 'imagenet_lt_x50',
              ('iNaturalist 2018', 'ResNet-50'): 'inat2018_r50', ('Places-LT', 'ResNet-152'): 'places_lt_r152'}
-LOSS_OF = {'CE': 'ce', 'Focal': 'focal', 'Balanced Softmax': 'bsce', 'Logit Adjust': 'la', 'LDAM-DRW': 'ldam',
-           'DF': 'df', 'QF': 'qf', 'DF·LDAM': 'df_ldam', 'ALA': 'ala'}  # method -> `ala_train --loss`
+LOSS_OF = {m.label: n for n, m in METHODS.items() if m.in_paper}  # the paper's method -> `ala_train --loss`
 DATA_ARGS = {'ImageNet-LT': ('/data/imagenet', '/data/ImageNet_LT'),
              'iNaturalist 2018': ('/data/inat2018', '/data/iNaturalist18'),
              'Places-LT': ('/data/places365', '/data/Places_LT')}
@@ -160,7 +160,8 @@ def reproduce_command(row:dict,     # a `PAPER_ROWS` record
     return head + ' ' + shlex.join(args)
 
 # %% ../nbs/10_paper_tables.ipynb #b367a2d1
-OUR_LABEL = {'ALA': 'ALA+DRW'}  # the paper's method -> the study's label for the same training
+OUR_LABEL = {METHODS[label_args(l)['loss']].label: l for l in STUDY if 'drw' not in label_args(l)}  # the paper's method ->
+OUR_LABEL = {k: v for k, v in OUR_LABEL.items() if k != v}           # the study's label for the same training, where it differs
 
 def paper_reference(arch:str='ResNet-50', # ImageNet-LT backbone: ResNet-50 (Table 1) or ResNeXt-50 (Tables 1 and 4)
                     rows=None,            # records (default `PAPER_ROWS`)

@@ -4,11 +4,11 @@
 
 # %% auto #0
 __all__ = ['CONFIG', 'METRICS', 'TRACE', 'FINAL', 'OUTPUTS', 'CKPT', 'CKPT_PREV', 'LOCK', 'TB', 'REPLACED', 'RUN_FILES',
-           'ANALYSIS_FILES', 'RESUME_MAY_CHANGE', 'METHODS', 'GROUPS', 'SETTING_KEYS', 'tmp_path', 'fsync_dir',
-           'write_bytes', 'write_json', 'write_outputs', 'append_jsonl', 'read_jsonl', 'truncate_jsonl', 'read_json',
-           'run_dir', 'RunFolderBusy', 'RunLock', 'clean_leftovers', 'folder_state', 'check_run_folder', 'set_aside',
-           'drop_replaced', 'resume_conflicts', 'check_resume', 'method_label', 'method_slug', 'RunFolder', 'load_run',
-           'load_runs', 'setting_names', 'by_method', 'pick_methods', 'write_run', 'copy_run', 'toy_run']
+           'ANALYSIS_FILES', 'METHODS', 'GROUPS', 'tmp_path', 'fsync_dir', 'write_bytes', 'write_json', 'write_outputs',
+           'append_jsonl', 'read_jsonl', 'truncate_jsonl', 'read_json', 'run_dir', 'RunFolderBusy', 'RunLock',
+           'clean_leftovers', 'folder_state', 'check_run_folder', 'set_aside', 'drop_replaced', 'resume_conflicts',
+           'check_resume', 'method_label', 'method_slug', 'RunFolder', 'load_run', 'load_runs', 'setting_names',
+           'by_method', 'pick_methods', 'write_run', 'copy_run', 'toy_run']
 
 # %% ../nbs/04_runs.ipynb #05da4c0d
 import os, io, sys, json, math, time, errno, socket, shutil
@@ -16,8 +16,8 @@ from dataclasses import dataclass, field, asdict, fields
 from pathlib import Path
 from typing import Optional
 import numpy as np
-from .config import TrainConfig, drw_enabled
-from .cli import MARGIN_LOSS_NAMES
+from .config import TrainConfig, drw_enabled, RESUME_MAY_CHANGE, SETTING_KEYS, CLI_ONLY
+from .methods import METHODS as _REGISTRY, STUDY, run_label, label_args
 
 # %% ../nbs/04_runs.ipynb #8253a4df
 CONFIG, METRICS, TRACE, FINAL, OUTPUTS = 'config.json', 'metrics.jsonl', 'adjust_trace.jsonl', 'final.json', 'test_outputs.npz'
@@ -203,9 +203,6 @@ def drop_replaced(folder):
     shutil.rmtree(Path(folder)/REPLACED, ignore_errors=True)
 
 # %% ../nbs/04_runs.ipynb #a54fa7c4
-RESUME_MAY_CHANGE = ('epochs', 'threads', 'device', 'num_workers', 'eval_batch_size', 'log_every', 'progress_every',
-                     'tensorboard', 'step_delay', 'debug_rank_dump', 'resume', 'overwrite', 'out')
-
 def resume_conflicts(saved:TrainConfig, # the run's config (its checkpoint's)
                      new:TrainConfig,   # what the command asks for
                      done_epochs:int=0, # epochs the checkpoint has completed
@@ -220,34 +217,20 @@ def check_resume(saved:TrainConfig, new:TrainConfig, folder, done_epochs:int=0):
     "Raise a `ValueError` naming every field a resume may not change."
     bad = resume_conflicts(saved, new, done_epochs)
     if bad: raise ValueError(f"--resume of {folder} would change the run: {', '.join(bad)}; only "
-                             f"{', '.join(f for f in RESUME_MAY_CHANGE if f not in ('resume', 'overwrite', 'out', 'step_delay', 'debug_rank_dump'))} "
+                             f"{', '.join(f for f in RESUME_MAY_CHANGE if f not in CLI_ONLY)} "
                              "may differ (start a new run with another --out to change the rest)")
 
 # %% ../nbs/04_runs.ipynb #1b4e0d97
-METHODS = {  # the study's labels -> ala_train arguments (drw omitted = the trainer's default)
-    'CE':       dict(loss='ce'),
-    'LDAM-DRW': dict(loss='ldam'),
-    'DF':       dict(loss='df'),
-    'QF':       dict(loss='qf'),
-    'DF·LDAM':  dict(loss='df_ldam'),
-    'ALA':      dict(loss='ala', drw=False),
-    'ALA+DRW':  dict(loss='ala'),
-}
-_LOSS_NAMES = dict(ce='CE', focal='Focal', cb_ce='CB-CE', ldam='LDAM', la='LA', bsce='BSCE',
-                   ala='ALA', df='DF', qf='QF', df_ldam='DF·LDAM')
+METHODS = {l: label_args(l) for l in STUDY}  # the study's labels -> ala_train arguments (drw omitted = the method's default)
 
 def method_label(loss:str, # the loss name a run was trained with (`final.json`'s `loss`)
                  drw,      # whether DRW was on (`final.json`'s `drw`; truthy/falsy)
                 )->str:    # the study's label, e.g. 'LDAM-DRW', 'ALA', 'ALA+DRW'
-    "The study's label of a (loss, DRW) pair: the inverse of `METHODS`."
-    drw, name = bool(drw), _LOSS_NAMES.get(loss, loss)
-    if loss == 'ldam': return 'LDAM-DRW' if drw else 'LDAM'
-    if loss == 'ala': return 'ALA+DRW' if drw else 'ALA'
-    if loss in MARGIN_LOSS_NAMES: return name if drw else f'{name} (no DRW)'
-    return f'{name}+DRW' if drw else name
+    "The study's label of a (loss, DRW) pair: the inverse of `METHODS` (`methods.run_label`)."
+    return run_label(loss, drw)
 
 def method_slug(label:str, # a study label, e.g. 'DF·LDAM'
-               )->str:     # a file-system-safe name, e.g. 'df_ldam'
+               )->str:     # a file-system-safe name, e.g. 'ala_drw' for 'ALA+DRW'
     "Lower-case, `_`-joined form of a label for folder and file names."
     s = ''.join(c if c.isalnum() else '_' for c in label.lower())
     return '_'.join(p for p in s.split('_') if p)
@@ -255,8 +238,6 @@ def method_slug(label:str, # a study label, e.g. 'DF·LDAM'
 # %% ../nbs/04_runs.ipynb #5d9aedeb
 GROUPS = ('all', 'many', 'medium', 'few')
 _FINAL_KEYS = ('top1', 'per_class', 'counts', 'groups', 'loss', 'drw', 'seed')
-SETTING_KEYS = ('preset', 'dataset', 'arch', 'epochs', 'batch_size', 'lr', 'schedule', 'lr_steps', 'warmup_epochs',
-                'drw_epoch', 'imb_factor', 'n_max', 'data_seed', 'max_test', 'sampler', 'loss_kw', 'pretrained')
 
 @dataclass
 class RunFolder:
@@ -428,7 +409,7 @@ def toy_run(path,                 # folder to create
                  drw_epoch=drw_epoch)
     metrics = [dict(epoch=e, train_loss=1.0/(e+1), lr=0.1, top1=top1, per_class=acc, drw=drw and e > drw_epoch)
                for e in range(1, epochs + 1)]
-    has_terms = loss in ('ala', 'df', 'qf', 'df_ldam')
+    has_terms = loss in _REGISTRY and _REGISTRY[loss].records_terms
     trace = None
     if has_terms:
         trace = [{'epoch': e, **{g: (None if not ks else dict(df=0.5/(e+1), qf=float(i+1), adjust=0.5/(e+1)*(i+1)))

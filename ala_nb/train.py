@@ -360,7 +360,7 @@ def restore_run(run:Run, st:dict)->Optional[EpochStats]: # the partial epoch's s
     return stats
 
 # %% ../nbs/04d_train.ipynb #f8e973bc
-_LOCAL_FIELDS = ('out', 'device', 'threads', 'num_workers', 'debug_rank_dump', 'step_delay')
+from .config import LOCAL_FIELDS as _LOCAL_FIELDS
 
 def fingerprint(cfg:TrainConfig, resume_point=None)->dict:
     "What must be equal on every rank: the effective config (less per-node fields) and the resume point."

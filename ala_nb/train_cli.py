@@ -10,14 +10,13 @@ import os, sys, json
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Optional
-from .cli import (call_parse, Choice, LOSS_NAMES, ARCH_NAMES, AMP_MODES, COMPILE_MODES, DOWNLOADABLE, is_timm,
+from .methods import METHODS, method_names
+from .cli import (call_parse, Choice, ARCH_NAMES, AMP_MODES, COMPILE_MODES, DOWNLOADABLE, is_timm,
                         is_cuda_n, EXIT_BAD_INPUT, EXIT_NON_FINITE, EXIT_INTERRUPTED)
-from .config import TrainConfig, PRESETS, get_config, validate_config, load_config
+from .config import TrainConfig, PRESETS, STEPS, CLI_ONLY, get_config, validate_config, load_config
 from .runs import CONFIG, run_dir, write_json, _jsonable
 
 # %% ../nbs/06a_train_cli.ipynb #479584dc
-_FLAGS_ONLY = ('out', 'resume', 'overwrite')
-
 def _extra_fields(cfg:str)->dict:
     "`--cfg`: a JSON object inline, or the path of a JSON/YAML config file."
     s = cfg.strip()
@@ -25,7 +24,7 @@ def _extra_fields(cfg:str)->dict:
     try: extra = json.loads(s)
     except json.JSONDecodeError as e: raise ValueError(f"--cfg is not valid JSON: {e}") from None
     if not isinstance(extra, dict): raise ValueError(f"--cfg must be a JSON object or a config file, got {cfg!r}")
-    bad = [k for k in extra if k in _FLAGS_ONLY]
+    bad = [k for k in extra if k in CLI_ONLY]
     if bad: raise ValueError(f"--cfg: give {', '.join(bad)} as flags (--{' --'.join(bad)})")
     return extra
 
@@ -56,7 +55,7 @@ def resolve_cli_config(preset:Optional[str], # --preset, or None
         else:
             from ala_nb.train import load_checkpoint   # torch, through train (it sets OMP_WAIT_POLICY first): a run without config.json
             st = load_checkpoint(folder, log=lambda m: None)
-            if st is not None: saved = {k: v for k, v in st['config'].items() if k not in _FLAGS_ONLY}
+            if st is not None: saved = {k: v for k, v in st['config'].items() if k not in CLI_ONLY}
         if saved is not None:
             try: c = replace(TrainConfig.from_dict(saved), **{k: v for k, v in given.items()})
             except (ValueError, TypeError) as e: raise ValueError(f"{folder/CONFIG}: not a usable run config: {e}") from None
@@ -100,12 +99,12 @@ _DEVICES = Choice('device', ('auto', 'cpu', 'cuda'), {'cuda:N': is_cuda_n})
     "ala_train --preset cifar10_lt --loss ldam --download  # CIFAR-10-LT, LDAM with DRW, data fetched first",
     "ala_train --config runs/tiny --seed 1 --out runs/tiny_s1  # run runs/tiny's config again, another seed"))
 def ala_train(preset:Choice('preset', PRESETS)=None,  # the recipe: data set, backbone, schedule (default: fmnist_lt)
-              loss:Choice('loss', LOSS_NAMES)=None,   # the loss (default: ala)
+              loss:Choice('loss', method_names())=None, # the method and its loss (default: ala)
               epochs:int=None,        # epochs (default: the preset's; rescales warm-up, lr steps and DRW epoch)
               batch_size:int=None,    # global batch size, split over the processes (default: the preset's)
               lr:float=None,          # peak learning rate (default: the preset's)
               seed:int=None,          # seed of model init and data order (default: 0)
-              drw:bool=None,          # deferred re-weighting (default: on for the margin losses ldam, ala, df, qf, df_ldam)
+              drw:bool=None,          # deferred re-weighting (default: on for the cosine-margin losses, LDAM and the ALA family)
               drw_epoch:int=None,     # first 0-based epoch with DRW (default: the preset's)
               arch:Choice('arch', ARCH_NAMES, {'timm/<name>': is_timm})=None,  # backbone (default: the preset's)
               data_root:str=None,     # data folder (default: $ALA_DATA, else the data set's usual places)
@@ -121,7 +120,7 @@ def ala_train(preset:Choice('preset', PRESETS)=None,  # the recipe: data set, ba
               threads:int=None,       # CPU threads (default: torch's; 1 is fastest when the cores are shared)
               progress_every:float=None, # seconds between progress lines when stdout is not a terminal; 0: none (default: 30)
               tensorboard:bool=None,  # also write TensorBoard events into RUN/tb (needs the [tb] extra) (default: off)
-              step:Choice('step', ('eager', 'captured'))=None, # the SGD step: eager, or captured whole in a CUDA graph (default: the preset's)
+              step:Choice('step', STEPS)=None, # the SGD step: eager, or captured whole in a CUDA graph (default: the preset's)
               data_cache:str=None,    # split-file sets: a cache folder made by ala_cache, augmented on the device
               deterministic:bool=None, # CUDA: deterministic kernels, no cudnn.benchmark/TF32 (bit-reproducible, slower) (default: off)
               sync_bn:bool=None,      # several GPUs: SyncBatchNorm, statistics over the global batch (default: off)

@@ -22,16 +22,17 @@ def flat(s:str) -> str: return ' '.join(s.split())   # help text as wrapped for 
 # --- the names offered are the registries' ----------------------------------------------------------------------------
 
 def test_light_names_are_the_registries():
-    from ala_nb.losses import LOSSES, MARGIN_LOSSES
+    from ala_nb.methods import METHODS, method_names
     from ala_nb.models import ARCHS, _TIMM
     from ala_nb.data import DATASETS, CIFAR_DATASETS
-    from ala_nb.config import _AMP, _COMPILE
-    assert cli.LOSS_NAMES == tuple(LOSSES) and cli.MARGIN_LOSS_NAMES == tuple(MARGIN_LOSSES)
+    from ala_nb.config import _COMPILE, AMP_MODES
+    import ala_nb.losses as losses
+    assert method_names() == tuple(METHODS) and all(hasattr(losses, m.loss) for m in METHODS.values())
     assert cli.ARCH_NAMES == tuple(ARCHS) and cli.TIMM_PREFIX == _TIMM
     assert cli.DATASET_NAMES == tuple(DATASETS)
     assert cli.SPLIT_DATASET_NAMES == tuple(k for k, v in DATASETS.items() if 'splits' in v)
     assert set(CIFAR_DATASETS) <= set(cli.DOWNLOADABLE)
-    assert cli.AMP_MODES == _AMP and (None, *cli.COMPILE_MODES) == _COMPILE
+    assert cli.AMP_MODES == AMP_MODES and (None, *cli.COMPILE_MODES) == _COMPILE
 
 def _choices(help_text:str, flag:str) -> list:
     "The names `--help` lists for `flag`."
@@ -43,9 +44,10 @@ def _choices(help_text:str, flag:str) -> list:
 def test_help_lists_the_registries():
     from ala_nb.config import PRESETS
     from ala_nb.study import METHOD_NAMES, METHODS
+    from ala_nb.methods import method_names
     h = run('ala_train', '--help').stdout
     assert _choices(h, '--preset') == list(PRESETS)
-    assert _choices(h, '--loss') == list(cli.LOSS_NAMES)
+    assert _choices(h, '--loss') == list(method_names())
     assert _choices(h, '--arch') == [*cli.ARCH_NAMES, 'timm/<name>']
     assert _choices(h, '--amp') == list(cli.AMP_MODES)
     assert _choices(h, '--compile') == ['none', *cli.COMPILE_MODES]
@@ -95,10 +97,11 @@ def test_bad_arguments_answer_without_torch(tmp_path, name, args, want):
     assert os.listdir(tmp_path) == []
 
 def test_train_help_and_bad_names_answer_without_torch():
+    from ala_nb.methods import method_names
     p, mods = imports('ala_train', '--loss', 'alA')
     assert p.returncode == 2 and 'torch' not in mods
     assert p.stderr.splitlines() == ["ala_train: error: argument --loss: unknown loss 'alA'; choose from "
-                                     + ', '.join(cli.LOSS_NAMES)]
+                                     + ', '.join(method_names())]
     p, mods = imports('ala_train', *TINY, '--print-config')
     assert p.returncode == 0 and 'torch' not in mods and json.loads(p.stdout)['preset'] == 'fmnist_lt_tiny'
 
@@ -177,7 +180,8 @@ def test_missing_cifar_names_the_flags(tmp_path):
 @pytest.fixture(scope='module')
 def logged_run(tmp_path_factory):
     out = tmp_path_factory.mktemp('cli')/'tiny'
-    p = run('ala_train', *TINY, '--out', out, '--progress-every', '0.01', '--tensorboard', '--cfg', '{"step_delay": 0.02}')
+    p = subprocess.run([sys.executable, script('ala_train'), *TINY, '--out', str(out), '--progress-every', '0.01', '--tensorboard'],
+                       capture_output=True, text=True, timeout=300, cwd=ROOT, env=dict(ENV, ALA_TEST_STEP_DELAY='0.02'))
     assert p.returncode == 0, p.stderr
     return out, p
 
