@@ -4,20 +4,27 @@
 
 # %% auto #0
 __all__ = ['BENCH_DATA', 'BENCH_PARTS', 'LOSS_SIZES', 'time_fn', 'bench_loss', 'bench_data', 'bench_loader', 'StepStream',
-           'bench_run', 'OursLoop', 'reference_parts', 'reference_step', 'reference_loop', 'check_equivalence',
-           'device_name', 'bench_train', 'bench_e2e', 'bench_deterministic', 'format_bench']
+           'compile_mode', 'bench_run', 'OursLoop', 'reference_parts', 'reference_step', 'reference_loop',
+           'check_equivalence', 'bench_step', 'device_name', 'bench_train', 'bench_e2e', 'bench_deterministic',
+           'bench_cache', 'format_bench', 'write_new']
 
 # %% ../nbs/22_bench.ipynb #ac9dff4a
-import os, sys, io, json, time, math, itertools, platform, statistics, tempfile, contextlib, dataclasses
+import os, io, json, time, shutil, itertools, platform, statistics, tempfile, contextlib, dataclasses
+from pathlib import Path
 from typing import Optional, Union
-import torch, torch.nn as nn, torch.nn.functional as F
+import torch, torch.nn.functional as F
+import torchvision
 from torch.utils.data import DataLoader
 from .losses import ALALoss, make_loss
 from .models import create_model
-from .data import (LTData, DeviceLoader, InMemoryDataset, crop_flip_transform, get_lt_data, lt_counts,
-                         CIFAR_MEAN, CIFAR_STD)
-from .cache import bench_cache
-from .train import Run, EpochStats, build_run, get_config, train_one_epoch, train
+from .data import (LTData, DeviceLoader, InMemoryDataset, SplitFileDataset, crop_flip_transform, get_lt_data,
+                         imagenet_transform, lt_counts, CIFAR_MEAN, CIFAR_STD)
+from .config import get_config
+from .step import apply_drw, make_scheduler, train_step, EpochStats
+from .train import Run, build_run, train_one_epoch, train
+from .captured import CapturedStep
+from .cache import CacheLoader, build_cache, open_cache
+from .testing import make_parts, write_standin_split   # make_parts: ala_nb.build's, once that room lands
 
 # %% ../nbs/22_bench.ipynb #9ca06c7c
 def time_fn(fn, # function of no arguments to time
@@ -170,7 +177,7 @@ class StepStream:
         self._batches.close()
 
 # %% ../nbs/22_bench.ipynb #41ff1b29
-def _compile_mode(compile, device)->Optional[str]: # `TrainConfig.compile`
+def compile_mode(compile, device)->Optional[str]: # `TrainConfig.compile`
     "'auto' is 'reduce-overhead' on CUDA and no compilation on the CPU; 'none'/'off'/None: no compilation."
     if compile == 'auto': return 'reduce-overhead' if torch.device(device).type == 'cuda' else None
     return None if compile in (None, 'none', 'off', '') else compile
@@ -190,7 +197,7 @@ def bench_run(data:LTData,              # in-memory 32×32 data, e.g. `bench_dat
              )->Run:                    # `build_run`'s run
     "The trainer's run (`train.build_run`) for LDAM-DRW's setting on `data`, with the eager or the captured step."
     cfg = get_config('cifar10_lt', arch=arch, loss=loss, batch_size=batch_size, device=str(device), seed=seed,
-                     compile=_compile_mode(compile, device) if step == 'eager' else None, amp=amp, threads=threads,
+                     compile=compile_mode(compile, device) if step == 'eager' else None, amp=amp, threads=threads,
                      max_test=data.num_classes, eval_subset=None, step=step, deterministic=deterministic)
     full = len(data.train_targets) // batch_size
     return build_run(cfg, data=data, steps_per_epoch=full if step == 'eager' and full_batches else None)
@@ -289,6 +296,78 @@ def check_equivalence(data:LTData,           # in-memory data, e.g. `bench_data(
     rel = max(abs(u - v) / max(abs(u), 1e-12) for u, v in zip(a, b))
     return dict(eager=a, ours=b, max_rel_diff=rel, device=str(device), compile=compile, amp=amp, step=step, arch=arch,
                 batch_size=batch_size, steps=steps)
+
+# %% ../nbs/22_bench.ipynb #2df3d684
+def bench_step(arch:str='resnet32',    # backbone, one of `models.ARCHS`
+               batch_size:int=128,     # images per step
+               steps:int=200,          # timed steps of each
+               device=None,            # 'cuda' or 'cpu' (default: CUDA if available)
+               amp:str='auto',         # 'auto' (bf16 on CUDA, off on the CPU), 'bf16' or 'off'
+               loss:str='ala',         # loss, one of `losses.LOSSES`
+               counts=None,            # images per class of the stand-in set; default CIFAR-10-LT's (5000 → 50)
+               channels_last:bool=True,# channels_last model and batches
+               warmup_steps:int=20,    # untimed steps after the first `check_steps`
+               check_steps:int=10,     # first steps whose losses are compared (eager vs captured)
+               seed:int=0,             # weights, images and data order
+              )->dict:                 # images/s of both, speed-up, first-call times, loss differences, device
+    "Images/s of the eager step and of `CapturedStep` on the same model, data and batches (CIFAR-10-LT-shaped)."
+    dev = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
+    cuda = dev.type == 'cuda'
+    if amp not in ('auto', 'bf16', 'off'): raise ValueError(f"unknown amp {amp!r}; choose 'auto', 'bf16' or 'off'")
+    if check_steps < 1 or steps < 1: raise ValueError(f"steps and check_steps must be >= 1, got {steps}, {check_steps}")
+    amp_dtype = torch.bfloat16 if amp == 'bf16' or (amp == 'auto' and cuda) else None
+    counts = list(counts) if counts is not None else lt_counts(5000, 10, 100)
+    C = len(counts)
+    x = torch.randint(0, 256, (sum(counts), 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+    y = torch.repeat_interleave(torch.arange(C), torch.tensor(counts))
+    cfg = get_config('cifar10_lt', arch=arch, batch_size=batch_size, loss=loss, seed=seed, channels_last=channels_last)
+    sync = (lambda: torch.cuda.synchronize(dev)) if cuda else (lambda: None)
+
+    def parts():
+        net, lf, opt = make_parts(cfg, counts, dev)
+        dl = DeviceLoader(x, y, batch_size, CIFAR_MEAN, CIFAR_STD, drop_last=True, device=dev, seed=seed,
+                          channels_last=channels_last)
+        return net, lf, opt, dl
+
+    def eager():
+        net, lf, opt, dl = parts()
+        sched, stats = make_scheduler(opt, cfg, len(dl)), EpochStats(C, dev)
+        def batches():
+            for e in itertools.count():
+                apply_drw(lf, cfg, counts, e, dev); dl.set_epoch(e); yield from dl
+        it = batches()
+        def step():
+            xb, yb = next(it)
+            l = train_step(net, lf, opt, xb, yb, sched, None, amp_dtype); stats.update(l, yb, lf.terms)
+            return l
+        return step
+
+    def captured():
+        net, lf, opt, dl = parts()
+        return CapturedStep(net, lf, opt, dl, cfg, counts, amp_dtype)
+
+    def measure(step):
+        sync(); t0 = time.perf_counter(); losses = [step().clone()]; sync(); first = time.perf_counter() - t0
+        losses += [step().clone() for _ in range(check_steps - 1)]
+        for _ in range(warmup_steps): step()
+        sync(); t0 = time.perf_counter()
+        for _ in range(steps): step()
+        sync()
+        return steps * batch_size / (time.perf_counter() - t0), first, torch.stack(losses).double().cpu()
+
+    bench = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = bench or cuda
+    try:
+        e_rate, e_first, e_loss = measure(eager())
+        c_rate, c_first, c_loss = measure(captured())
+    finally: torch.backends.cudnn.benchmark = bench
+    d = (c_loss - e_loss).abs()
+    return dict(device=str(dev), device_name=torch.cuda.get_device_name(dev) if cuda else (platform.processor() or 'cpu'),
+                arch=arch, batch_size=batch_size, amp='bf16' if amp_dtype else 'off', loss=loss, steps=steps,
+                images=sum(counts), eager_img_s=round(e_rate, 1), captured_img_s=round(c_rate, 1),
+                speedup=round(c_rate / e_rate, 2), eager_first_s=round(e_first, 3), capture_s=round(c_first, 3),
+                check_steps=check_steps, loss_max_abs_diff=float(d.max()),
+                loss_max_rel_diff=float((d / e_loss.abs().clamp_min(1e-12)).max()), torch=torch.__version__)
 
 # %% ../nbs/22_bench.ipynb #39b9c220
 def device_name(device)->str: # e.g. 'NVIDIA H200' or the CPU's model name
@@ -424,6 +503,96 @@ def bench_deterministic(device=None,           # 'cpu' or 'cuda' (default: CUDA 
     finally: _restore_modes(saved)
     return res
 
+# %% ../nbs/22_bench.ipynb #a934b52c
+def _cycle(loader): # batches forever, epoch after epoch
+    e = 0
+    while True:
+        if hasattr(loader, 'set_epoch'): loader.set_epoch(e)
+        yield from loader
+        e += 1
+
+def bench_cache(n_images:int=2048,       # stand-in JPEGs to write and cache
+                image_hw:tuple=(375, 500), # their rows and columns
+                batch_size:int=256,      # images per step
+                steps:int=30,            # timed steps per mode
+                warmup:int=5,            # untimed steps before them
+                device:str='auto',       # 'auto', 'cpu' or 'cuda'
+                model=None,              # an nn.Module taking (B, 3, 224, 224); default torchvision's ResNet-50
+                num_classes:int=1000,    # classes of the labels (and of the default model)
+                compile:str=None,        # torch.compile mode for the model, e.g. 'max-autotune-no-cudagraphs'; None: eager
+                workers:int=None,        # DataLoader workers and cache-building threads (default: all CPU cores)
+                modes:tuple=('synthetic', 'cache', 'cache_host', 'dataloader'), # what to time
+                work_dir=None,           # where the JPEGs and the cache go (default: a temporary folder, removed)
+                seed:int=0,              # decides the stand-in pixels and labels
+               )->dict:                  # images/s per mode, ratios, settings
+    "Training images/s of one model fed from the cache, from synthetic device tensors and from DataLoader + PIL."
+    dev = torch.device('cuda' if device == 'auto' and torch.cuda.is_available() else ('cpu' if device == 'auto' else device))
+    if dev.type == 'cuda' and not torch.cuda.is_available(): raise ValueError("device 'cuda' asked for, but CUDA is not available here")
+    unknown = set(modes) - {'synthetic', 'cache', 'cache_host', 'dataloader'}
+    if unknown: raise ValueError(f"unknown mode(s) {', '.join(sorted(unknown))}; choose from synthetic, cache, cache_host, dataloader")
+    if n_images < batch_size: raise ValueError(f"n_images {n_images} < batch_size {batch_size}: no full batch")
+    cuda, workers = dev.type == 'cuda', workers or os.cpu_count() or 1
+    amp = torch.bfloat16 if cuda else None
+    fmt = torch.channels_last if cuda else torch.contiguous_format
+    net = (model if model is not None else torchvision.models.resnet50(num_classes=num_classes)).to(dev, memory_format=fmt).train()
+    fwd = torch.compile(net, mode=compile) if compile else net
+    opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-5)
+    def step(x, y):
+        x, y = x.to(dev, non_blocking=True).contiguous(memory_format=fmt), y.to(dev, non_blocking=True)
+        with torch.autocast(dev.type, amp, enabled=amp is not None):
+            loss = F.cross_entropy(fwd(x), y)
+        loss.backward(); opt.step(); opt.zero_grad(set_to_none=True)
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    def timed(batches, train=True):
+        try:
+            for _ in range(warmup):
+                x, y = next(batches)
+                if train: step(x, y)
+            sync(); t0 = time.perf_counter()
+            for _ in range(steps):
+                x, y = next(batches)
+                if train: step(x, y)
+            sync()
+            return steps * batch_size / (time.perf_counter() - t0)
+        finally: batches.close() if hasattr(batches, 'close') else None
+    tmp = Path(work_dir) if work_dir is not None else Path(tempfile.mkdtemp(prefix='ala_bench_cache_'))
+    res = dict(device=str(dev), device_name=torch.cuda.get_device_name(dev) if cuda else 'cpu', batch_size=batch_size,
+               steps=steps, warmup=warmup, n_images=n_images, image_hw=list(image_hw), workers=workers, compile=compile,
+               amp='bf16' if amp else 'off', channels_last=cuda,
+               model=type(net).__name__ if model is not None else 'resnet50')
+    try:
+        labels = torch.randint(0, num_classes, (n_images,), generator=torch.Generator().manual_seed(seed)).tolist()
+        split = tmp/'standin_train.txt'
+        if not split.exists(): write_standin_split(tmp, split, [tuple(image_hw)] * n_images, labels, seed=seed)
+        if 'synthetic' in modes:
+            g = torch.Generator(device=dev).manual_seed(seed)
+            x = torch.randn(batch_size, 3, 224, 224, device=dev, generator=g).contiguous(memory_format=fmt)
+            y = torch.randint(0, num_classes, (batch_size,), device=dev, generator=g)
+            res['synthetic_img_s'] = timed(iter(lambda: (x, y), None))
+        if {'cache', 'cache_host'} & set(modes):
+            t0 = time.perf_counter()
+            cdir = build_cache(tmp, split, tmp/'cache', num_classes, workers=workers, overwrite=True, progress=False)
+            res['cache_build_img_s'] = n_images / (time.perf_counter() - t0)
+            cache = open_cache(cdir, split)
+            for mode, storage in (('cache', 'device'), ('cache_host', 'host')):
+                if mode not in modes or (mode == 'cache_host' and not cuda): continue
+                ld = CacheLoader(cache, batch_size, train=True, drop_last=True, device=dev, seed=seed,
+                                 channels_last=cuda, storage=storage)
+                res[f'{mode}_img_s'] = timed(_cycle(ld))
+                if mode == 'cache': res['cache_loader_only_img_s'] = timed(_cycle(ld), train=False)
+        if 'dataloader' in modes:
+            ds = SplitFileDataset(tmp, split, num_classes, imagenet_transform(True))
+            dl = DataLoader(ds, batch_size=batch_size, shuffle=True, num_workers=workers, pin_memory=cuda, drop_last=True,
+                            persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None)
+            res['dataloader_img_s'] = timed(_cycle(dl))
+            del dl
+    finally:
+        if work_dir is None: shutil.rmtree(tmp, ignore_errors=True)
+    if 'cache_img_s' in res:
+        if 'synthetic_img_s' in res: res['cache_vs_synthetic'] = res['cache_img_s'] / res['synthetic_img_s']
+        if 'dataloader_img_s' in res: res['cache_vs_dataloader'] = res['cache_img_s'] / res['dataloader_img_s']
+    return res
+
 # %% ../nbs/22_bench.ipynb #fd66882c
 BENCH_PARTS = ('loss', 'train', 'captured', 'loader', 'cache', 'deterministic')
 LOSS_SIZES = ((512, 8142), (256, 1000))
@@ -472,7 +641,7 @@ def format_bench(res:dict)->str: # the table `ala_bench` prints
                      f"  ({e['epochs']} epochs, {e['train_images_per_s']:.0f} train img/s, top-1 {100 * e['top1']:.1f}%)")
     return '\n'.join(lines)
 
-def _write_new(path:str, obj:dict, overwrite:bool=False):
+def write_new(path:str, obj:dict, overwrite:bool=False):
     "Write `obj` as JSON atomically: a temporary file, then linked into place (or replacing it, with `overwrite`)."
     path = os.path.abspath(path)
     tmp = f'{path}.{os.getpid()}.tmp'

@@ -57,9 +57,8 @@ def ala_bench(device:Choice('device', ('cpu', 'cuda'))=None, # where to time (de
         if v is not None and v < 1: _fail(f"--{k} must be >= 1, got {v}")
     import torch
     from ala_nb.models import create_model
-    from ala_nb.cache import bench_cache
-    from ala_nb.bench import (LOSS_SIZES, bench_data, bench_loss, bench_train, bench_loader, bench_deterministic, bench_e2e,
-                              check_equivalence, device_name, format_bench, _compile_mode, _write_new)
+    from ala_nb.bench import (LOSS_SIZES, bench_data, bench_loss, bench_train, bench_loader, bench_deterministic, bench_e2e, bench_cache,
+                              check_equivalence, device_name, format_bench, compile_mode, write_new)
     dev = device or ('cuda' if torch.cuda.is_available() else 'cpu')
     try: dev = torch.device(dev)
     except RuntimeError: _fail(f"unknown --device {device!r}; choose cpu or cuda")
@@ -78,7 +77,7 @@ def ala_bench(device:Choice('device', ('cpu', 'cuda'))=None, # where to time (de
             res['loss'] = []
             for B, C in LOSS_SIZES:
                 say(f"loss {B}x{C}")
-                for mode in dict.fromkeys((None, _compile_mode(compile, dev))):   # eager, and our loop's mode
+                for mode in dict.fromkeys((None, compile_mode(compile, dev))):   # eager, and our loop's mode
                     res['loss'].append(bench_loss(B, C, dev, iters=10 if B * C > 10**6 else 50, repeats=2 * rounds + 1,
                                                   compile=mode))
         if 'train' in chosen:
@@ -112,6 +111,6 @@ def ala_bench(device:Choice('device', ('cpu', 'cuda'))=None, # where to time (de
         _fail(' '.join(str(e).split()) or type(e).__name__)
     res['meta']['finished'] = datetime.datetime.now().astimezone().isoformat(timespec='seconds')
     print(format_bench(res))
-    try: _write_new(out, res, overwrite)
+    try: write_new(out, res, overwrite)
     except FileExistsError: _fail(f"{out} appeared while benchmarking; results not written (pass --overwrite)")
     say(f"wrote {out}")

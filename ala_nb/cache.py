@@ -4,23 +4,23 @@
 
 # %% auto #0
 __all__ = ['CACHE_FORMAT', 'resized_size', 'slot_width', 'decode_rgb', 'store_image', 'CacheError', 'split_digest',
-           'split_num_classes', 'build_cache', 'write_standin_split', 'SplitCache', 'open_cache',
-           'random_resized_crop_boxes', 'center_crop_boxes', 'jitter_params', 'color_jitter', 'crop_batch',
-           'CacheLoader', 'CacheDataset', 'CachedLTData', 'cached_lt_data', 'bench_cache']
+           'split_num_classes', 'thread_map', 'build_cache', 'SplitCache', 'open_cache', 'random_resized_crop_boxes',
+           'center_crop_boxes', 'jitter_params', 'color_jitter', 'crop_batch', 'CacheLoader', 'CacheDataset',
+           'CachedLTData', 'cached_lt_data']
 
 # %% ../nbs/05a_cache.ipynb #92905c02
 import concurrent.futures as cf, hashlib, json, math, os, shutil, sys, tempfile, time
 from dataclasses import dataclass
 from pathlib import Path
-import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
+import numpy as np, torch
 import torchvision
 import torchvision.transforms.v2.functional as TF
-from torchvision.io import ImageReadMode, decode_image, encode_jpeg, read_file, write_file
+from torchvision.io import ImageReadMode, decode_image, read_file
 from torchvision.ops import roi_align
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from PIL import Image
 from fastprogress.fastprogress import progress_bar
-from .data import DATASETS, IMAGENET_MEAN, IMAGENET_STD, LTData, SplitFileDataset, _generator, imagenet_transform
+from .data import DATASETS, IMAGENET_MEAN, IMAGENET_STD, LTData, SplitFileDataset, _generator
 
 # %% ../nbs/05a_cache.ipynb #a1ea0c4a
 def resized_size(height:int, # image rows
@@ -89,7 +89,7 @@ def split_num_classes(split_file, # a split file of one of the DATASETS
                      f"(by its name); give num_classes")
 
 # %% ../nbs/05a_cache.ipynb #41a223da
-def _parallel(fn, n:int, workers:int, label:str, progress=None)->list:
+def thread_map(fn, n:int, workers:int, label:str, progress=None)->list:
     "`[fn(i) for i in range(n)]` on `workers` threads, in chunks, showing progress."
     chunk = max(1, min(256, n // (4 * workers) or 1))
     starts = list(range(0, n, chunk))
@@ -151,7 +151,7 @@ def build_cache(root,                 # folder the split file's paths are relati
     if out_dir.exists() and not out_dir.is_dir(): raise FileExistsError(f"{out_dir} exists and is not a folder")
     workers = workers or os.cpu_count() or 1
     digest, N, t0 = split_digest(split_file), len(ds), time.time()
-    heads = _parallel(lambda i: _header(ds.root/ds.paths[i]), N, workers, f'{split_file.name} headers', progress)
+    heads = thread_map(lambda i: _header(ds.root/ds.paths[i]), N, workers, f'{split_file.name} headers', progress)
     bad = [(i, why) for i, (_, why) in enumerate(heads) if why]
     if bad: raise CacheError(_bad(ds, bad))
     hw0 = np.array([hw for hw, _ in heads], np.int64)
@@ -173,7 +173,7 @@ def build_cache(root,                 # folder the split file's paths are relati
             slot, meta[i] = store_image(im, size, L)
             images[i] = slot.numpy()
         torch.set_num_threads(1)
-        bad = [(i, why) for i, why in enumerate(_parallel(store, N, workers, f'{split_file.name} images', progress)) if why]
+        bad = [(i, why) for i, why in enumerate(thread_map(store, N, workers, f'{split_file.name} images', progress)) if why]
         if bad: raise CacheError(_bad(ds, bad))
         images.flush(); del images
         np.save(tmp/'labels.npy', ds.targets.numpy()); np.save(tmp/'meta.npy', meta)
@@ -200,29 +200,6 @@ def build_cache(root,                 # folder the split file's paths are relati
         shutil.rmtree(tmp, ignore_errors=True); raise
     finally: torch.set_num_threads(threads)
     return final
-
-# %% ../nbs/05a_cache.ipynb #d32dea1f
-def write_standin_split(root,                 # image folder to write into
-                        split_file,           # the split file to write
-                        hw:list,              # (rows, cols) of each image
-                        labels:list,          # class of each image
-                        seed:int=0,           # decides the pixels
-                        quality:int=90,       # JPEG quality
-                        workers:int=None,     # threads (default: all CPU cores)
-                       )->Path:               # the split file
-    "Smooth random JPEGs at `root/img/<label>/<i>.jpg`, listed in `split_file` as `img/<label>/<i>.jpg label`."
-    root, split_file = Path(root), Path(split_file)
-    lines = [f'img/{int(c)}/{i}.jpg {int(c)}' for i, c in enumerate(labels)]
-    for c in set(int(c) for c in labels): (root/f'img/{c}').mkdir(parents=True, exist_ok=True)
-    def one(i):
-        (h, w), g = hw[i], torch.Generator().manual_seed(seed * 1_000_003 + i)
-        low = torch.rand(1, 3, h // 24 + 2, w // 24 + 2, generator=g)
-        x = F.interpolate(low, (h, w), mode='bicubic', align_corners=False)[0] + 0.04 * torch.randn(3, h, w, generator=g)
-        write_file(str(root/lines[i].split()[0]), encode_jpeg(x.clamp(0, 1).mul(255).round().to(torch.uint8), quality=quality))
-    _parallel(one, len(lines), workers or os.cpu_count() or 1, f'{split_file.name} stand-ins', progress=None if len(lines) > 1000 else False)
-    split_file.parent.mkdir(parents=True, exist_ok=True)
-    split_file.write_text('\n'.join(lines) + '\n')
-    return split_file
 
 # %% ../nbs/05a_cache.ipynb #cef1365e
 def _concrete(device)->torch.device: # 'cuda' made 'cuda:<current>'
@@ -543,93 +520,3 @@ def cached_lt_data(name:str,     # a split-file data set of DATASETS: imagenet_l
     classes = SplitFileDataset(split_dir, split_dir/spec['splits'][0], C).classes
     return CachedLTData(name, C, tr.counts, classes, CacheDataset(tr, True), CacheDataset(te, False), tr.labels, te.labels,
                         3, 224, IMAGENET_MEAN, IMAGENET_STD, train_cache=tr, test_cache=te)
-
-# %% ../nbs/05a_cache.ipynb #a934b52c
-def _cycle(loader): # batches forever, epoch after epoch
-    e = 0
-    while True:
-        if hasattr(loader, 'set_epoch'): loader.set_epoch(e)
-        yield from loader
-        e += 1
-
-def bench_cache(n_images:int=2048,       # stand-in JPEGs to write and cache
-                image_hw:tuple=(375, 500), # their rows and columns
-                batch_size:int=256,      # images per step
-                steps:int=30,            # timed steps per mode
-                warmup:int=5,            # untimed steps before them
-                device:str='auto',       # 'auto', 'cpu' or 'cuda'
-                model=None,              # an nn.Module taking (B, 3, 224, 224); default torchvision's ResNet-50
-                num_classes:int=1000,    # classes of the labels (and of the default model)
-                compile:str=None,        # torch.compile mode for the model, e.g. 'max-autotune-no-cudagraphs'; None: eager
-                workers:int=None,        # DataLoader workers and cache-building threads (default: all CPU cores)
-                modes:tuple=('synthetic', 'cache', 'cache_host', 'dataloader'), # what to time
-                work_dir=None,           # where the JPEGs and the cache go (default: a temporary folder, removed)
-                seed:int=0,              # decides the stand-in pixels and labels
-               )->dict:                  # images/s per mode, ratios, settings
-    "Training images/s of one model fed from the cache, from synthetic device tensors and from DataLoader + PIL."
-    dev = torch.device('cuda' if device == 'auto' and torch.cuda.is_available() else ('cpu' if device == 'auto' else device))
-    if dev.type == 'cuda' and not torch.cuda.is_available(): raise ValueError("device 'cuda' asked for, but CUDA is not available here")
-    unknown = set(modes) - {'synthetic', 'cache', 'cache_host', 'dataloader'}
-    if unknown: raise ValueError(f"unknown mode(s) {', '.join(sorted(unknown))}; choose from synthetic, cache, cache_host, dataloader")
-    if n_images < batch_size: raise ValueError(f"n_images {n_images} < batch_size {batch_size}: no full batch")
-    cuda, workers = dev.type == 'cuda', workers or os.cpu_count() or 1
-    amp = torch.bfloat16 if cuda else None
-    fmt = torch.channels_last if cuda else torch.contiguous_format
-    net = (model if model is not None else torchvision.models.resnet50(num_classes=num_classes)).to(dev, memory_format=fmt).train()
-    fwd = torch.compile(net, mode=compile) if compile else net
-    opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-5)
-    def step(x, y):
-        x, y = x.to(dev, non_blocking=True).contiguous(memory_format=fmt), y.to(dev, non_blocking=True)
-        with torch.autocast(dev.type, amp, enabled=amp is not None):
-            loss = F.cross_entropy(fwd(x), y)
-        loss.backward(); opt.step(); opt.zero_grad(set_to_none=True)
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
-    def timed(batches, train=True):
-        try:
-            for _ in range(warmup):
-                x, y = next(batches)
-                if train: step(x, y)
-            sync(); t0 = time.perf_counter()
-            for _ in range(steps):
-                x, y = next(batches)
-                if train: step(x, y)
-            sync()
-            return steps * batch_size / (time.perf_counter() - t0)
-        finally: batches.close() if hasattr(batches, 'close') else None
-    tmp = Path(work_dir) if work_dir is not None else Path(tempfile.mkdtemp(prefix='ala_bench_cache_'))
-    res = dict(device=str(dev), device_name=torch.cuda.get_device_name(dev) if cuda else 'cpu', batch_size=batch_size,
-               steps=steps, warmup=warmup, n_images=n_images, image_hw=list(image_hw), workers=workers, compile=compile,
-               amp='bf16' if amp else 'off', channels_last=cuda,
-               model=type(net).__name__ if model is not None else 'resnet50')
-    try:
-        labels = torch.randint(0, num_classes, (n_images,), generator=torch.Generator().manual_seed(seed)).tolist()
-        split = tmp/'standin_train.txt'
-        if not split.exists(): write_standin_split(tmp, split, [tuple(image_hw)] * n_images, labels, seed=seed)
-        if 'synthetic' in modes:
-            g = torch.Generator(device=dev).manual_seed(seed)
-            x = torch.randn(batch_size, 3, 224, 224, device=dev, generator=g).contiguous(memory_format=fmt)
-            y = torch.randint(0, num_classes, (batch_size,), device=dev, generator=g)
-            res['synthetic_img_s'] = timed(iter(lambda: (x, y), None))
-        if {'cache', 'cache_host'} & set(modes):
-            t0 = time.perf_counter()
-            cdir = build_cache(tmp, split, tmp/'cache', num_classes, workers=workers, overwrite=True, progress=False)
-            res['cache_build_img_s'] = n_images / (time.perf_counter() - t0)
-            cache = open_cache(cdir, split)
-            for mode, storage in (('cache', 'device'), ('cache_host', 'host')):
-                if mode not in modes or (mode == 'cache_host' and not cuda): continue
-                ld = CacheLoader(cache, batch_size, train=True, drop_last=True, device=dev, seed=seed,
-                                 channels_last=cuda, storage=storage)
-                res[f'{mode}_img_s'] = timed(_cycle(ld))
-                if mode == 'cache': res['cache_loader_only_img_s'] = timed(_cycle(ld), train=False)
-        if 'dataloader' in modes:
-            ds = SplitFileDataset(tmp, split, num_classes, imagenet_transform(True))
-            dl = DataLoader(ds, batch_size=batch_size, shuffle=True, num_workers=workers, pin_memory=cuda, drop_last=True,
-                            persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None)
-            res['dataloader_img_s'] = timed(_cycle(dl))
-            del dl
-    finally:
-        if work_dir is None: shutil.rmtree(tmp, ignore_errors=True)
-    if 'cache_img_s' in res:
-        if 'synthetic_img_s' in res: res['cache_vs_synthetic'] = res['cache_img_s'] / res['synthetic_img_s']
-        if 'dataloader_img_s' in res: res['cache_vs_dataloader'] = res['cache_img_s'] / res['dataloader_img_s']
-    return res

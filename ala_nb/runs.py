@@ -8,7 +8,7 @@ __all__ = ['CONFIG', 'METRICS', 'TRACE', 'FINAL', 'OUTPUTS', 'CKPT', 'CKPT_PREV'
            'append_jsonl', 'read_jsonl', 'truncate_jsonl', 'read_json', 'run_dir', 'RunFolderBusy', 'RunLock',
            'clean_leftovers', 'folder_state', 'check_run_folder', 'set_aside', 'drop_replaced', 'resume_conflicts',
            'check_resume', 'method_label', 'method_slug', 'RunFolder', 'load_run', 'load_runs', 'setting_names',
-           'by_method', 'pick_methods', 'write_run', 'copy_run', 'toy_run']
+           'by_method', 'pick_methods', 'write_run', 'copy_run']
 
 # %% ../nbs/04_runs.ipynb #05da4c0d
 import os, io, sys, json, math, time, errno, socket, shutil
@@ -377,42 +377,3 @@ def copy_run(src,       # a finished run folder
               r.outputs() if OUTPUTS in keep and (r.path/OUTPUTS).exists() else None)
     return sum(f.stat().st_size for f in dest.iterdir())
 
-def toy_run(path,                 # folder to create
-            per_class,            # accuracy per class, multiples of 1/n_test, e.g. [0.9, 0.6, 0.3, 0.5]
-            counts=(200, 50, 10, 5),  # training images per class
-            loss:str='ala',       # loss name
-            drw:bool=False,       # DRW flag
-            seed:int=0,           # seed
-            n_test:int=10,        # test samples per class
-            epochs:int=3,         # epochs in metrics.jsonl and adjust_trace.jsonl
-            many:int=100, few:int=20, # shot-group thresholds (> many, < few)
-            preset:str='toy',     # preset recorded in final.json and config.json
-            drw_epoch:int=None,   # 0-based first DRW epoch recorded (default: the last epoch)
-           )->Path:
-    """A small, self-consistent run folder with known numbers: class `k` has `round(per_class[k]*n_test)` correct test
-    predictions with `p_true` 0.9 and the rest wrong with `p_true` 0.1; the trace's terms are known functions of the epoch."""
-    C, counts = len(per_class), [int(c) for c in counts]
-    assert len(counts) == C, f"{len(per_class)} accuracies for {len(counts)} classes"
-    groups = dict(many=[k for k in range(C) if counts[k] > many], few=[k for k in range(C) if counts[k] < few])
-    groups['medium'] = [k for k in range(C) if k not in groups['many'] + groups['few']]
-    groups = {g: groups[g] for g in ('many', 'medium', 'few')}
-    acc = [round(a*n_test)/n_test for a in per_class]
-    top1 = dict(all=float(np.mean(acc)))
-    for g, ks in groups.items(): top1[g] = float(np.mean([acc[k] for k in ks])) if ks else None
-    target = np.repeat(np.arange(C), n_test)
-    correct = np.concatenate([np.arange(n_test) < round(a*n_test) for a in acc])
-    pred = np.where(correct, target, (target + 1) % C)
-    p_true = np.where(correct, 0.9, 0.1).astype(np.float32)
-    drw_epoch = epochs - 1 if drw_epoch is None else drw_epoch
-    final = dict(top1=top1, per_class=acc, counts=counts, groups=groups, classes=[f'class{k}' for k in range(C)],
-                 loss=loss, drw=drw, preset=preset, seed=seed, epochs=epochs, wall_s=1.0, train_images_per_s=100.0,
-                 drw_epoch=drw_epoch)
-    metrics = [dict(epoch=e, train_loss=1.0/(e+1), lr=0.1, top1=top1, per_class=acc, drw=drw and e > drw_epoch)
-               for e in range(1, epochs + 1)]
-    has_terms = loss in _REGISTRY and _REGISTRY[loss].records_terms
-    trace = None
-    if has_terms:
-        trace = [{'epoch': e, **{g: (None if not ks else dict(df=0.5/(e+1), qf=float(i+1), adjust=0.5/(e+1)*(i+1)))
-                                 for i, (g, ks) in enumerate(groups.items())}} for e in range(1, epochs + 1)]
-    config = dict(preset=preset, loss=loss, drw=drw, seed=seed, epochs=epochs, drw_epoch=drw_epoch)
-    return write_run(path, final, config, metrics, trace, dict(target=target, pred=pred, p_true=p_true))

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from .cli import call_parse, Choice
 from .runs import (METHODS, GROUPS, CONFIG, FINAL, RunFolder, method_label, method_slug,
-                         load_run, load_runs, by_method, pick_methods, write_run, toy_run, copy_run, read_json)
+                         load_run, load_runs, by_method, pick_methods, write_run, copy_run, read_json)
 from .config import TrainConfig, PRESETS, RESUME_MAY_CHANGE
 
 # %% ../nbs/11_study.ipynb #8dc7984b

@@ -27,7 +27,7 @@ from .runs import (CONFIG, METRICS, TRACE, FINAL, OUTPUTS, CKPT, TB, RUN_FILES, 
                          folder_state, clean_leftovers, set_aside, drop_replaced, check_resume, write_json, write_outputs,
                          append_jsonl, truncate_jsonl, read_json, _jsonable, REPLACED)
 from .checkpoint import state_digest, save_checkpoint, load_checkpoint, rng_state, set_rng_state
-from .step import lr_factor, make_scheduler, apply_drw, train_step, EpochStats, CapturedStep
+from .step import lr_factor, make_scheduler, apply_drw, train_step, EpochStats
 from .cache import CacheLoader, cached_lt_data
 
 # %% ../nbs/04d_train.ipynb #26c8cbe5
@@ -112,7 +112,7 @@ class Run:
     eval_n:dict          # images evaluated over all ranks, per key
     steps_per_epoch:int; logit_scale:float; rank:int; world_size:int; mark_step:bool; channels_last:bool
     model_spec:dict      # what `load_model` needs to rebuild `net`: arch, num_classes, in_chans, normed, logit_scale
-    cstep:Optional[CapturedStep]=None # `cfg.step == 'captured'`: the captured step (its `stats` are the epoch's); else None
+    cstep:Optional['CapturedStep']=None # `cfg.step == 'captured'`: the captured step (its `stats` are the epoch's); else None
     cudagraph_skips:int=0 # torch's CUDA-graph skip counter when the run was built (`cudagraph_skips()`)
 
 def cudagraph_skips()->int: # times inductor skipped CUDA graphs in this process so far
@@ -248,6 +248,7 @@ def build_run(cfg:TrainConfig, # a validated config
     if cfg.step == 'captured':
         if not isinstance(train_loader, DeviceLoader):
             raise ValueError(f"step 'captured' needs an in-memory data set on a DeviceLoader; {data.name} streams: use step 'eager'")
+        from ala_nb.captured import CapturedStep   # a speed-up after the loop in reading order (05_captured)
         cstep = CapturedStep(model if world > 1 else net, loss_fn, opt, train_loader, cfg, counts, amp_dtype,
                              capture=cuda and world == 1)
     return Run(cfg=cfg, data=data, counts=counts, groups=shot_groups(counts), device=device, net=net, model=model,

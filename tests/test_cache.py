@@ -6,6 +6,7 @@ import numpy as np, pytest, torch
 from PIL import Image
 import ala_nb
 import ala_nb.cache as K
+from ala_nb.testing import write_standin_split
 from ala_nb.data import SplitFileDataset
 from clitools import run, SPLITS, needs_splits
 
@@ -96,7 +97,7 @@ def test_cached_lt_data_matches_split_files(tmp_path):
 # ------------------------------------------------------------------ damaged caches are refused
 def _tiny(tmp_path, n=4):
     root = tmp_path/'img'
-    split = K.write_standin_split(root, tmp_path/'tiny.txt', [(20, 30)] * n, list(range(n)))
+    split = write_standin_split(root, tmp_path/'tiny.txt', [(20, 30)] * n, list(range(n)))
     return root, split, K.build_cache(root, split, tmp_path/'cache', num_classes=n, size=16, workers=1, progress=False)
 
 @pytest.mark.parametrize('damage, msg', [
@@ -173,7 +174,7 @@ def test_bad_image_named(tmp_path, kind):
 
 def test_cli_counts_every_bad_image(tmp_path):
     root = tmp_path/'img'
-    split = K.write_standin_split(root, tmp_path/'s.txt', [(20, 20)] * 9, [0] * 9)
+    split = write_standin_split(root, tmp_path/'s.txt', [(20, 20)] * 9, [0] * 9)
     for i in (2, 5, 7): (root/f'img/0/{i}.jpg').unlink()
     _one_line_error(_cli(root, split, tmp_path/'c', '--num_classes', 1), f'{root}/img/0/2.jpg: image not found',
                     f'(listed at {split}:3); 3 bad images in all, the others at lines 6, 8')
@@ -190,7 +191,7 @@ def test_cli_counts_every_bad_image(tmp_path):
 def test_bad_input_one_line(tmp_path, setup, kw, needles):
     "Through the console script for two of them (exit 2, one line), through build_cache for the rest."
     root = tmp_path/'img'
-    split = K.write_standin_split(root, tmp_path/'s.txt', [(20, 20)] * 2, [0, 7])
+    split = write_standin_split(root, tmp_path/'s.txt', [(20, 20)] * 2, [0, 7])
     if setup == 'line': split.write_text('img/0/0.jpg\n')
     if setup == 'root': root = tmp_path/'nowhere'
     if setup == 'split': split = tmp_path/'nosuch.txt'
@@ -210,7 +211,7 @@ def test_cli_help():
 # ------------------------------------------------------------------ the loader is a pure function of (seed, epoch, rank)
 def test_loader_reproducible_across_opens(tmp_path):
     root = tmp_path/'img'
-    split = K.write_standin_split(root, tmp_path/'s.txt', [(30, 40), (40, 30), (24, 24), (20, 50)] * 3, [0, 1, 2] * 4)
+    split = write_standin_split(root, tmp_path/'s.txt', [(30, 40), (40, 30), (24, 24), (20, 50)] * 3, [0, 1, 2] * 4)
     d = K.build_cache(root, split, tmp_path/'c', num_classes=3, size=24, workers=2, progress=False)
     def batches(rank):
         ld = K.CacheLoader(K.open_cache(d, split), 2, out_size=20, rank=rank, world_size=2, seed=7)

@@ -184,7 +184,8 @@ def test_validation_split(tmp_path):
 
 def test_cached_run_reads_its_cache(tmp_path):
     "A run trained from ala_cache's uint8 caches (data_cache) is evaluated from them, as build_run's evaluation reads them."
-    from ala_nb.cache import write_standin_split, build_cache
+    from ala_nb.cache import build_cache
+    from ala_nb.testing import write_standin_split
     from ala_nb.config import get_config
     from ala_nb.models import create_model
     from ala_nb.runs import write_json

@@ -4,7 +4,7 @@ from pathlib import Path
 import numpy as np, pytest
 
 from clitools import run
-from ala_nb.runs import toy_run
+from ala_nb.testing import toy_run
 
 T975 = {1: 12.706204736174694, 2: 4.302652729749462}          # SciPy's stats.t.ppf(0.975, df)
 GROUPS = ('all', 'many', 'medium', 'few')

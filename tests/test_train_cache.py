@@ -6,7 +6,8 @@ refused in one line."""
 import json, os
 from pathlib import Path
 import numpy as np, pytest, torch
-from ala_nb.cache import CacheLoader, build_cache, write_standin_split
+from ala_nb.cache import CacheLoader, build_cache
+from ala_nb.testing import write_standin_split
 from ala_nb.config import get_config
 from ala_nb.train import build_run, evaluate, train
 from clitools import ROOT, ENV, run, script
