@@ -148,7 +148,9 @@ def read_metadata(path,        # a file written by `export_run`
         with safe_open(str(path), 'pt') as f: return _decode(f.metadata() or {})
     import torch
     extra = {META_FILE: ''}
-    torch.jit.load(str(path), map_location='cpu', _extra_files=extra)
+    with warnings.catch_warnings():
+        warnings.filterwarnings('ignore', message=r'.*torch\.jit.*deprecated')
+        torch.jit.load(str(path), map_location='cpu', _extra_files=extra)
     return json.loads(extra[META_FILE])
 
 def run_exported(path,  # a file written by `export_run`
@@ -163,7 +165,10 @@ def run_exported(path,  # a file written by `export_run`
         sess = ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])
         return torch.from_numpy(sess.run(['logits'], {'images': x.numpy()})[0])
     with torch.no_grad():
-        if fmt == 'torchscript': return torch.jit.load(str(path), map_location='cpu')(x)
+        if fmt == 'torchscript':
+            with warnings.catch_warnings():
+                warnings.filterwarnings('ignore', message=r'.*torch\.jit.*deprecated')  # torch >= 2.9 deprecates TorchScript; the file still loads
+                return torch.jit.load(str(path), map_location='cpu')(x)
         from safetensors.torch import load_file
         from ala_nb.models import create_model
         m = read_metadata(path, fmt)
@@ -248,7 +253,7 @@ def _report(r:dict)->str:
     return '\n'.join([
         f"wrote {r['path']} ({r['format']}, {mb:.1f} MB) in {r['seconds']}s",
         f"  network  {m['arch']} ({head}), {m['num_classes']} classes, loss {m['loss']}, data {m['dataset']}, run {m['run']}",
-        f"  input    images float32 {tuple(m['input_shape'])}: {m['preprocess']}; mean {m['mean']}, std {m['std']}",
+        f"  input    images float32 ({', '.join(map(str, m['input_shape']))}): {m['preprocess']}; mean {m['mean']}, std {m['std']}",
         f"  output   {m['output']}",
         f"  checked  {runtime} gives load_model's outputs to relative error {r['rel_err']:.1e}"])
 
