@@ -125,3 +125,24 @@ def test_help_loads_no_torch():
     assert subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True).stdout == 'False\n'
     r = run('ala_export', '--help')
     assert r.returncode == 0 and 'one of: onnx, safetensors, torchscript' in ' '.join(r.stdout.split())
+
+def test_unfinished_run_counts_from_its_profile(tiny, tmp_path):
+    "A run without final.json (stopped early): counts from its config's long-tailed profile, the same numbers."
+    import shutil
+    part = tmp_path/'part'; part.mkdir()
+    for f in ('config.json', 'checkpoint.pt'): shutil.copy(tiny/f, part/f)
+    m = export_run(part, tmp_path/'p.safetensors')['metadata']
+    assert m['counts'] == json.loads((tiny/'final.json').read_text())['counts'] and m['classes'] is None
+
+def test_linear_head_run(tmp_path):
+    "A CE run (linear head): logit scale 1, the files give the network's own logits."
+    d = tmp_path/'ce'
+    r = run('ala_train', '--preset', 'fmnist_lt_tiny', '--epochs', '1', '--loss', 'ce', '--out', d)
+    assert r.returncode == 0, r.stderr
+    res = export_run(d, tmp_path/'ce.onnx')
+    m = res['metadata']
+    assert (m['normed'], m['logit_scale'], m['loss']) == (False, 1.0, 'ce') and m['output'].startswith('logits of a linear head')
+    x, out, s, _ = _reference(d)
+    import onnxruntime as ort
+    got = torch.from_numpy(ort.InferenceSession(res['path'], providers=['CPUExecutionProvider']).run(None, {'images': x.numpy()})[0])
+    assert s == 1.0 and _rel(got, out) < 1e-4
