@@ -10,7 +10,6 @@ __all__ = ['ARCHS', 'NormedLinear', 'ShortcutA', 'BasicBlock', 'ResNetCifar', 'r
 import difflib, warnings
 from pathlib import Path
 import torch, torch.nn as nn, torch.nn.functional as F
-import torchvision
 
 # %% ../nbs/01_models.ipynb #72b76c47
 _autocast_available = getattr(torch.amp, 'is_autocast_available', lambda device_type: device_type in ('cpu', 'cuda'))
@@ -143,6 +142,7 @@ def _torchvision_resnet(arch:str,         # torchvision constructor name, e.g. '
                        )->nn.Module:
     "A torchvision ResNet/ResNeXt without weights, with a `num_classes` head in place of `fc`."
     if num_classes < 1: raise ValueError(f'{arch}: num_classes must be >= 1, got {num_classes}')
+    import torchvision  # here, not at the top: it loads torchvision.ops and sympy, which NormedLinear does not need
     m = getattr(torchvision.models, arch)(weights=None)
     if in_chans != 3:
         c = m.conv1

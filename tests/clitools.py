@@ -6,7 +6,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, PYTHONUNBUFFERED='1', OMP_NUM_THREADS='1', MPLBACKEND='Agg')
 MODULES = dict(ala_train='train_cli', ala_bench='bench_cli', ala_figures='figures', ala_sweep='study', ala_cache='cache_cli',
-               ala_eval='eval_cli', ala_table='table')
+               ala_eval='eval_cli', ala_table='table', ala_export='export')
 
 def script(name:str) -> str:
     "The installed console script `name` of this interpreter, else an equivalent script file in TMPDIR."

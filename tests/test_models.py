@@ -107,3 +107,11 @@ def test_training_imports_only_what_it_uses():
     assert 'timm' not in _loaded('ala_nb.models')
     heavy = {'timm', 'tensorboard', 'matplotlib', 'IPython', 'ipywidgets', 'fasthtml', 'starlette', 'uvicorn', 'httpx'}
     assert not heavy & _loaded('ala_nb.train'), 'is fastprogress >= 1.1 installed? settings.ini pins it below 1.1'
+
+def test_models_import_is_light():
+    "`NormedLinear` needs torch only: torchvision (whose import loads its detection ops and sympy) waits for a torchvision backbone."
+    code = "import sys, ala_nb.models; print(' '.join(m for m in ('sympy', 'torchvision', 'torchvision.ops') if m in sys.modules))"
+    loaded = subprocess.run([sys.executable, '-c', code], check=True, capture_output=True, text=True).stdout.split()
+    assert loaded == [], f'import ala_nb.models loaded {loaded}'
+    code = "import sys, ala_nb.models as m; m.create_model('resnet50', 3); print('torchvision.ops' in sys.modules)"
+    assert subprocess.run([sys.executable, '-c', code], check=True, capture_output=True, text=True).stdout.split() == ['True']
