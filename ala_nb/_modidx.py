@@ -478,8 +478,11 @@ d = { 'settings': { 'branch': 'main',
                               'ala_nb.train.train': ('train.html#train', 'ala_nb/train.py'),
                               'ala_nb.train.train_one_epoch': ('train.html#train_one_epoch', 'ala_nb/train.py'),
                               'ala_nb.train.use_bars': ('train.html#use_bars', 'ala_nb/train.py')},
-            'ala_nb.train_cli': { 'ala_nb.train_cli._extra_fields': ('train_cli.html#_extra_fields', 'ala_nb/train_cli.py'),
+            'ala_nb.train_cli': { 'ala_nb.train_cli._default_note': ('train_cli.html#_default_note', 'ala_nb/train_cli.py'),
+                                  'ala_nb.train_cli._extra_fields': ('train_cli.html#_extra_fields', 'ala_nb/train_cli.py'),
+                                  'ala_nb.train_cli._field_docs': ('train_cli.html#_field_docs', 'ala_nb/train_cli.py'),
                                   'ala_nb.train_cli.ala_train': ('train_cli.html#ala_train', 'ala_nb/train_cli.py'),
                                   'ala_nb.train_cli.config_fields': ('train_cli.html#config_fields', 'ala_nb/train_cli.py'),
                                   'ala_nb.train_cli.fetch_data': ('train_cli.html#fetch_data', 'ala_nb/train_cli.py'),
-                                  'ala_nb.train_cli.resolve_cli_config': ('train_cli.html#resolve_cli_config', 'ala_nb/train_cli.py')}}}
+                                  'ala_nb.train_cli.resolve_cli_config': ('train_cli.html#resolve_cli_config', 'ala_nb/train_cli.py'),
+                                  'ala_nb.train_cli.train_flags': ('train_cli.html#train_flags', 'ala_nb/train_cli.py')}}}

@@ -86,9 +86,9 @@ def _f(default, *kinds:str, factory=None, flags:tuple=None): # `field` with its 
 class TrainConfig:
     "Everything one training run needs; a run folder's `config.json` is `asdict` of it."
     preset:str=_f('fmnist_lt', 'setting')                # the recipe a config starts from: data set, backbone, schedule (recorded; default fmnist_lt)
-    dataset:str=_f('fmnist_lt', 'setting')               # data set, one of `data.DATASETS`
-    arch:str=_f('resnet8', 'setting')                    # backbone, one of `models.ARCHS` or timm/<name>
-    loss:str='ala'                                       # the method and its loss, one of `methods.METHODS` (default: ala)
+    dataset:str=_f('fmnist_lt', 'setting')               # data set (`data.DATASETS`)
+    arch:str=_f('resnet8', 'setting')                    # backbone (`models.ARCHS`, or timm/<name> with the timm extra)
+    loss:str='ala'                                       # the method and its loss (`methods.METHODS`)
     loss_kw:dict=_f(None, 'setting', factory=dict)       # extra keyword arguments for `make_loss` (e.g. s, max_m, tau)
     normed:Optional[bool]=None                           # cosine (`NormedLinear`) head; unset: the method's `expects_cosine`
     pretrained:Optional[str]=_f(None, 'setting')         # local state-dict file for the backbone (`~` is expanded)
