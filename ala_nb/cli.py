@@ -7,11 +7,12 @@ __all__ = ['TIMM_PREFIX', 'EXIT_BAD_INPUT', 'EXIT_NON_FINITE', 'EXIT_INTERRUPTED
            'canonical_flags', 'run_cli', 'call_parse']
 
 # %% ../nbs/06_cli.ipynb #803aa20b
-import sys, inspect, argparse, shutil, textwrap
+import sys, re, inspect, argparse, shutil, textwrap
 from functools import wraps, partial
 from pathlib import Path
 from fastcore.docments import docments
 from fastcore.script import Param, bool_arg
+from . import __version__
 from .config import ARCH_NAMES, DATASET_NAMES, SPLIT_DATASET_NAMES, DOWNLOADABLE, AMP_MODES, COMPILE_MODES # the scripts' choices
 
 # %% ../nbs/06_cli.ipynb #0d8c6ed7
@@ -64,27 +65,30 @@ class _Help(argparse.RawDescriptionHelpFormatter):     # keeps the examples' lin
         return ', '.join(action.option_strings) if isinstance(action, _Switch) else super()._format_action_invocation(action)
     def _format_args(self, action, default_metavar):   # the usage line: [--drw | --no-drw]
         return f'| {action.option_strings[1]}' if isinstance(action, _Switch) else super()._format_args(action, default_metavar)
+    def _format_usage(self, *a):                         # the usage line spells flags as people type them: --batch-size
+        return re.sub(r'(?<=--)[\w-]+', lambda m: m[0].replace('_', '-'), super()._format_usage(*a))
 
 def _metavar(name, typ)->str: return 'N' if typ is int else 'X' if typ is float else name.upper()
 
-def _add_argument(p:argparse.ArgumentParser, name:str, anno, default, doc:str):
-    "Add parameter `name` of a script function to `p` (see `cli_parser`)."
+def _add_argument(p:argparse.ArgumentParser, name:str, anno, default, doc:str, flags:tuple=None):
+    "Add parameter `name` of a script function to `p` (see `cli_parser`); `flags`: its option names when not `name` (the first is shown)."
     empty, doc = inspect.Parameter.empty, doc or ''
+    opts = [f'--{f}' for f in flags or (name,)]
     if isinstance(anno, Param):                                   # fastcore's annotation: its own argparse keywords
         kw = {k: v for k, v in dict(type=anno.type, nargs=anno.nargs, choices=anno.choices, action=anno.action,
                                     const=anno.const).items() if v is not None}
         doc = anno.help or doc
         if default is empty or not anno.opt: return p.add_argument(name, metavar=name.upper(), help=doc, **kw)
-        return p.add_argument(f'--{name}', dest=name, default=default, help=doc, **kw)
+        return p.add_argument(*opts, dest=name, default=default, help=doc, **kw)
     typ = str if anno is empty else anno
     if typ in (bool, bool_arg):
         if default is empty: raise TypeError(f"{name}: a bool parameter needs a default (False: a flag; None or True: --{name}/--no-{name})")
-        if default is False: return p.add_argument(f'--{name}', dest=name, action='store_true', help=doc)
-        return p.add_argument(f'--{name}', dest=name, default=default, action=_Switch, help=doc)
+        if default is False: return p.add_argument(*opts, dest=name, action='store_true', help=doc)
+        return p.add_argument(*opts, dest=name, default=default, action=_Switch, help=doc)
     if isinstance(typ, Choice): doc = f"{doc}; one of: {typ}" if doc else f"one of: {typ}"
     if default not in (empty, None, ''): doc += f" (default: {default:.4g})" if isinstance(default, float) else f" (default: {default})"
     if default is empty: return p.add_argument(name, type=typ, metavar=name.upper(), help=doc)
-    return p.add_argument(f'--{name}', dest=name, type=typ, default=default, metavar=_metavar(name, typ), help=doc)
+    return p.add_argument(*opts, dest=name, type=typ, default=default, metavar=_metavar(opts[0][2:], typ), help=doc)
 
 def _epilog(examples, flag:str=None)->str: # `flag`: one with a `_`, to show both spellings
     parts = [f"Flags can be spelled with - or _ alike: --{flag.replace('_', '-')} is --{flag}."] if flag else []
@@ -96,13 +100,21 @@ def _epilog(examples, flag:str=None)->str: # `flag`: one with a `_`, to show bot
 
 def cli_parser(func,         # a function with docments (the console script's)
                examples=(),  # command lines `--help` ends with, each optionally followed by `  # what it does`
+               more=None,    # a function giving (heading, {name: (anno, default, doc, flags)}): more parameters, e.g. a config's fields
               )->argparse.ArgumentParser:
-    "The parser of `func`'s command line: its parameters as arguments, with the house's manners (see above)."
-    doc = docments(func, full=True, returns=False, eval_str=True)
-    under = next((k for k, d in doc.items() if '_' in k and d.default is not inspect.Parameter.empty), None)
+    "The parser of `func`'s command line: its parameters as arguments (and `more`'s, under their heading), with the house's manners."
+    doc = {k: d for k, d in docments(func, full=True, returns=False, eval_str=True).items()
+           if d.get('kind') not in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)}
+    title, extra = more() if more else (None, {})
+    params = {**{k: (d.anno, d.default, d.docment, None) for k, d in doc.items()}, **extra}
+    under = next((f for k, (_, dflt, _, fl) in params.items() for f in (fl or (k,))[:1]
+                  if '_' in f and dflt is not inspect.Parameter.empty), None)
     desc = '\n\n'.join(textwrap.fill(s, _width()) for s in (inspect.getdoc(func) or '').split('\n\n'))
     p = _Parser(prog=func.__name__, description=desc or None, epilog=_epilog(examples, under), formatter_class=_Help)
-    for k, d in doc.items(): _add_argument(p, k, d.anno, d.default, d.docment)
+    p.add_argument('--version', action='version', version=f'ala_nb {__version__}', help="print ala_nb's version and exit")
+    for k in doc: _add_argument(p, k, *params[k])
+    g = p.add_argument_group(title) if extra else p
+    for k in extra: _add_argument(g, k, *extra[k])
     return p
 
 # %% ../nbs/06_cli.ipynb #71c9fed0
@@ -143,9 +155,10 @@ def _switch_note(p, argv, extra)->str:
 def run_cli(func,        # a function with docments
             argv:list,   # its command line, without the program name
             examples=(), # for `--help` (see `cli_parser`)
+            more=None,   # more parameters (see `cli_parser`)
            ):            # what `func` returns
     "Parse `argv` as `func`'s command line and call `func` with it; `--help` prints and exits, bad input exits 2 in one line."
-    p = cli_parser(func, examples)
+    p = cli_parser(func, examples, more)
     argv = canonical_flags(p, list(argv))
     args, extra = p.parse_known_args(argv)
     if extra: p.error(f"unrecognized arguments: {' '.join(extra)}" + _switch_note(p, argv, extra))
@@ -153,16 +166,17 @@ def run_cli(func,        # a function with docments
 
 def call_parse(func=None,   # the console script's function (docments on every parameter)
                *, examples=(), # two or three command lines for the end of `--help`, e.g. 'ala_train --preset fmnist_lt_tiny  # seconds on a CPU'
+               more=None,      # more parameters, built when the command line is parsed (see `cli_parser`)
               ):
     "fastcore's `call_parse`, with the house's manners: `-`/`_` flags, switches, choices and examples in `--help`, one-line errors."
-    if func is None: return partial(call_parse, examples=examples)
+    if func is None: return partial(call_parse, examples=examples, more=more)
     @wraps(func)
     def _f(*args, **kwargs):
         if args or kwargs or not _is_script_run(inspect.currentframe().f_back): return func(*args, **kwargs)
-        return run_cli(func, sys.argv[1:], examples)
+        return run_cli(func, sys.argv[1:], examples, more)
     _f.examples = tuple(examples)
     frame = inspect.currentframe().f_back
     if _is_script_run(frame):                           # `python -m ala_nb.<room>`: the module is the script
         frame.f_globals[func.__name__] = _f
-        sys.exit(run_cli(func, sys.argv[1:], examples))
+        sys.exit(run_cli(func, sys.argv[1:], examples, more))
     return _f

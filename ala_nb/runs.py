@@ -5,10 +5,10 @@
 # %% auto #0
 __all__ = ['CONFIG', 'METRICS', 'TRACE', 'FINAL', 'OUTPUTS', 'CKPT', 'CKPT_PREV', 'LOCK', 'TB', 'REPLACED', 'RUN_FILES',
            'ANALYSIS_FILES', 'METHODS', 'GROUPS', 'tmp_path', 'fsync_dir', 'write_bytes', 'write_json', 'write_outputs',
-           'append_jsonl', 'read_jsonl', 'truncate_jsonl', 'read_json', 'run_dir', 'RunFolderBusy', 'RunLock',
-           'clean_leftovers', 'folder_state', 'check_run_folder', 'set_aside', 'drop_replaced', 'resume_conflicts',
-           'check_resume', 'method_label', 'method_slug', 'RunFolder', 'load_run', 'load_runs', 'setting_names',
-           'by_method', 'pick_methods', 'write_run', 'copy_run']
+           'append_jsonl', 'read_jsonl', 'truncate_jsonl', 'read_json', 'method_slug', 'run_name', 'run_dir',
+           'RunFolderBusy', 'RunLock', 'clean_leftovers', 'folder_state', 'check_run_folder', 'set_aside',
+           'drop_replaced', 'resume_conflicts', 'check_resume', 'method_label', 'RunFolder', 'load_run', 'load_runs',
+           'setting_names', 'by_method', 'pick_methods', 'write_run', 'copy_run']
 
 # %% ../nbs/04_runs.ipynb #05da4c0d
 import os, io, sys, json, math, time, errno, socket, shutil
@@ -116,10 +116,23 @@ def read_json(path)->dict:
     except json.JSONDecodeError as e: raise ValueError(f"{path}: invalid JSON ({e})") from None
 
 # %% ../nbs/04_runs.ipynb #abb4e133
+def method_slug(label:str, # a study label, e.g. 'DF·LDAM'
+               )->str:     # a file-system-safe name, e.g. 'ala_drw' for 'ALA+DRW'
+    "Lower-case, `_`-joined form of a label for folder and file names."
+    s = ''.join(c if c.isalnum() else '_' for c in label.lower())
+    return '_'.join(p for p in s.split('_') if p)
+
+def run_name(loss:str, # the method's name (`--loss`)
+             drw,      # DRW on or off; None: the method's default
+             seed:int, # the training seed
+            )->str:    # e.g. 'ala_drw-seed0', 'ce-seed1'
+    "A run folder's name: `ala_train`'s default (under runs/{preset}) and `ala_sweep`'s (under its --out) alike."
+    return f"{method_slug(run_label(loss, drw_enabled(TrainConfig(loss=loss, drw=drw))))}-seed{seed}"
+
 def run_dir(cfg:TrainConfig)->Path: # the run folder
-    "`cfg.out`, or runs/{preset}_{loss}_s{seed}."
+    "`cfg.out`, or runs/{preset}/{run_name}, e.g. runs/fmnist_lt/ala_drw-seed0."
     if cfg.out is not None and not str(cfg.out).strip(): raise ValueError(f"out must name a folder, got {cfg.out!r}")
-    return Path(cfg.out) if cfg.out else Path('runs')/f'{cfg.preset}_{cfg.loss}_s{cfg.seed}'
+    return Path(cfg.out) if cfg.out else Path('runs')/cfg.preset/run_name(cfg.loss, cfg.drw, cfg.seed)
 
 class RunFolderBusy(FileExistsError): pass
 
@@ -228,12 +241,6 @@ def method_label(loss:str, # the loss name a run was trained with (`final.json`'
                 )->str:    # the study's label, e.g. 'LDAM-DRW', 'ALA', 'ALA+DRW'
     "The study's label of a (loss, DRW) pair: the inverse of `METHODS` (`methods.run_label`)."
     return run_label(loss, drw)
-
-def method_slug(label:str, # a study label, e.g. 'DF·LDAM'
-               )->str:     # a file-system-safe name, e.g. 'ala_drw' for 'ALA+DRW'
-    "Lower-case, `_`-joined form of a label for folder and file names."
-    s = ''.join(c if c.isalnum() else '_' for c in label.lower())
-    return '_'.join(p for p in s.split('_') if p)
 
 # %% ../nbs/04_runs.ipynb #5d9aedeb
 GROUPS = ('all', 'many', 'medium', 'few')

@@ -13,7 +13,7 @@ from dataclasses import fields, asdict
 from pathlib import Path
 import numpy as np
 from .cli import call_parse, Choice
-from .runs import (METHODS, GROUPS, CONFIG, FINAL, RunFolder, method_label, method_slug,
+from .runs import (METHODS, GROUPS, CONFIG, FINAL, RunFolder, method_label, method_slug, run_name,
                          load_run, load_runs, by_method, pick_methods, write_run, copy_run, read_json)
 from .config import TrainConfig, PRESETS, RESUME_MAY_CHANGE
 
@@ -163,7 +163,7 @@ def sweep_commands(methods=tuple(METHODS), # labels or names of `METHODS` to tra
     for m in resolve_methods(list(methods)):
         kw = METHODS[m]
         for s in seeds:
-            run = out/f'{method_slug(m)}-seed{s}'
+            run = out/run_name(kw['loss'], kw.get('drw'), s)
             argv = ['ala_train', '--preset', preset, '--loss', kw['loss']]
             if 'drw' in kw: argv += ['--drw', str(bool(kw['drw']))]
             argv += ['--seed', str(s), '--out', str(run), *map(str, extra)]

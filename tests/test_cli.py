@@ -118,7 +118,9 @@ def test_hyphens_and_underscores_are_one_flag(tmp_path):
     assert a == b and (a['batch_size'], a['drw_epoch'], a['max_test'], a['progress_every']) == (16, 1, 50, 5.0)
 
 def test_switches():
-    assert [config_of(*TINY, *f)['drw'] for f in ([], ['--drw'], ['--no-drw'], ['--no_drw'])] == [None, True, False, False]
+    from ala_nb.methods import METHODS    # --print-config shows what the run uses: unset, the method's default
+    assert [config_of(*TINY, *f)['drw'] for f in ([], ['--drw'], ['--no-drw'], ['--no_drw'])] == [METHODS['ala'].drw_default, True, False, False]
+    assert [config_of(*TINY, '--loss', 'ce', *f)['drw'] for f in ([], ['--drw'])] == [METHODS['ce'].drw_default, True]
     assert [config_of(*TINY, *f)['tensorboard'] for f in ([], ['--tensorboard'], ['--no-tensorboard'])] == [False, True, False]
     assert config_of(*TINY, '--amp', 'bf16', '--compile', 'default')['amp'] == 'bf16'
     assert config_of(*TINY, '--cfg', '{"compile": "default"}', '--compile', 'none')['compile'] is None
@@ -152,14 +154,21 @@ def test_config_files(tmp_path):
     want = config_of(*TINY, '--epochs', '2', '--loss', 'ldam', '--cfg', '{"sampler": "sqrt"}', '--out', tmp_path/'a')
     (tmp_path/'a').mkdir(); (tmp_path/'a'/'config.json').write_text(json.dumps(want))
     (tmp_path/'c.yaml').write_text('preset: fmnist_lt_tiny\nepochs: 2\nloss: ldam\nsampler: sqrt\ndevice: cpu\n')
+    (tmp_path/'x.yaml').write_text('lr: abc\n'); (tmp_path/'y.yaml').write_text('epoch: 3\n')
     for src in (tmp_path/'a'/'config.json', tmp_path/'a', tmp_path/'c.yaml'):
         got = config_of('--config', src, '--out', tmp_path/'b')
         assert got == dict(want, out=str(tmp_path/'b')), src
     assert config_of('--cfg', tmp_path/'a'/'config.json', '--out', tmp_path/'b') == dict(want, out=str(tmp_path/'b'))
     assert config_of('--config', tmp_path/'c.yaml', '--epochs', '3', '--out', tmp_path/'b')['epochs'] == 3  # flags win
+    (tmp_path/'h.yaml').write_text('preset: fmnist_lt_tiny\nepochs: 2\nloss: ldam\nsampler: sqrt\ndevice: cpu\nlr: 5e-2\nbatch-size: 16\n')
+    got = config_of('--config', tmp_path/'h.yaml', '--out', tmp_path/'b')       # YAML's 5e-2 a number, batch-size a field
+    assert got == dict(want, out=str(tmp_path/'b'), lr=0.05, batch_size=16)
+    assert config_of('--config', '{"preset": "fmnist_lt_tiny", "lr": 0.5}', '--out', tmp_path/'b')['lr'] == 0.5   # inline JSON
     for args, msg in [(['--config', tmp_path/'nope.json'], 'nope.json: config file not found'),
                       (['--config', tmp_path], 'a folder without config.json'),
-                      (['--config', tmp_path/'c.yaml', '--preset', 'cifar10_lt'], 'is a fmnist_lt_tiny config')]:
+                      (['--config', tmp_path/'c.yaml', '--preset', 'cifar10_lt'], 'is a fmnist_lt_tiny config'),
+                      (['--config', tmp_path/'x.yaml'], "x.yaml: lr 'abc': expected a number"),
+                      (['--config', tmp_path/'y.yaml'], "y.yaml: unknown TrainConfig field(s) 'epoch' (did you mean 'epochs'?)")]:
         p = run('ala_train', *args, '--print-config')
         assert p.returncode == 2 and msg in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
 

@@ -80,6 +80,26 @@ def test_help_lists_every_flag():
                  '--data_root', '--split_dir', '--out', '--device', '--amp', '--compile', '--resume', '--overwrite'):
         assert flag in p.stdout, flag
 
+def test_help_has_a_flag_per_field_and_the_usage_spells_hyphens():
+    "Every TrainConfig field but loss_kw and lr_steps (a --config's) is a flag, its help the field's docment."
+    from dataclasses import fields
+    from ala_nb.config import TrainConfig
+    from fastcore.docments import docments
+    p = run_cli('--help')
+    h, docs = ' '.join(p.stdout.split()), docments(TrainConfig)
+    usage, opts = h.split(' options: ', 1)
+    for f in fields(TrainConfig):
+        flag = {'root': 'data_root'}.get(f.name, f.name)
+        if f.name in ('loss_kw', 'lr_steps'): assert f'--{flag} ' not in h; continue
+        assert f'--{flag}' in opts and ''.join(docs[f.name].replace('`', '').split()) in ''.join(opts.split()), f.name
+        assert f"--{flag.replace('_', '-')}" in usage and (f'--{flag} ' not in usage or '_' not in flag), f.name
+    for flag in ('--workers', '--pretrained', '--version', '--batch-size N', '--print-config'): assert flag in h, flag
+
+def test_version():
+    from ala_nb import __version__
+    p = run_cli('--version')
+    assert (p.returncode, p.stdout) == (0, f'ala_nb {__version__}\n')
+
 BAD = [  # (arguments, what the one error line must name)
     (['--loss', 'alA'], "unknown loss 'alA'"),
     (['--preset', 'cifar1000_lt'], "unknown preset 'cifar1000_lt'"),
@@ -96,6 +116,17 @@ BAD = [  # (arguments, what the one error line must name)
     (['--cfg', '{"n_maxx": 3}'], "unknown TrainConfig field(s) 'n_maxx'"),
     (['--preset', 'cifar10_lt', '--data_root', '/nonexistent/cifar'], '/nonexistent/cifar'),
     (['--preset', 'imagenet_lt_r50'], 'imagenet_lt'),
+    (['--cfg', '[1, 2]'], '--cfg: expected a JSON object of TrainConfig fields, got a list: [1, 2]'),
+    (['--config', '["a"]'], '--config: expected a JSON object of TrainConfig fields, got a list'),
+    (['--cfg', '{"batchsize": 16}'], "unknown TrainConfig field(s) 'batchsize' (did you mean 'batch_size'?)"),
+    (['--cfg', '{"lr": "abc"}'], "--cfg: lr 'abc': expected a number"),
+    (['--config', '{"out": "elsewhere"}'], '--config: give out as flags (--out)'),
+    (['--cfg', ' '], '--cfg is empty'),
+    (['--workers', '-1'], 'num_workers must be an integer >= 0, got -1'),
+    (['--dataset', 'mnist'], "unknown dataset 'mnist'"),
+    (['--schedule', 'linear'], "unknown schedule 'linear'"),
+    (['--workers', 'many'], "argument --num_workers/--workers: invalid int value: 'many'"),
+    (['--preset', 'fmnist_lt', '--cfg', '{"preset": "cifar10_lt"}'], 'is a cifar10_lt config'),
 ]
 
 def _driver(tmp_path, cases) -> list:
