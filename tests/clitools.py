@@ -17,10 +17,11 @@ def script(name:str) -> str:
     (d/name).write_text(f'import sys\nfrom ala_nb.{MODULES[name]} import {name}\nsys.exit({name}())\n')
     return str(d/name)
 
-def run(name:str, *args, timeout=300, cwd=ROOT) -> subprocess.CompletedProcess:
-    "Run console script `name` with `args` to the end, capturing its output."
+def run(name:str, *args, timeout=300, cwd=ROOT, env:dict=None) -> subprocess.CompletedProcess:
+    "Run console script `name` with `args` to the end, capturing its output; `env`: variables to set (None: unset) on top of `ENV`."
+    e = {k: v for k, v in {**ENV, **(env or {})}.items() if v is not None}
     return subprocess.run([sys.executable, script(name), *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, cwd=cwd, env=ENV)
+                          timeout=timeout, cwd=cwd, env=e)
 
 def start(name:str, *args, log) -> subprocess.Popen:
     "Start console script `name` in the background, its output going to the open file `log`."
