@@ -4,11 +4,11 @@
 
 # %% auto #0
 __all__ = ['LOSS_NAMES', 'MARGIN_LOSS_NAMES', 'ARCH_NAMES', 'TIMM_PREFIX', 'DATASET_NAMES', 'SPLIT_DATASET_NAMES', 'DOWNLOADABLE',
-           'AMP_MODES', 'COMPILE_MODES', 'EXIT_BAD_INPUT', 'EXIT_NON_FINITE', 'EXIT_INTERRUPTED', 'is_timm',
-           'is_cuda_n', 'Choice', 'cli_parser', 'canonical_flags', 'run_cli', 'call_parse']
+           'AMP_MODES', 'COMPILE_MODES', 'EXIT_BAD_INPUT', 'EXIT_NON_FINITE', 'EXIT_INTERRUPTED', 'EXIT_CLOSED_PIPE',
+           'is_timm', 'is_cuda_n', 'Choice', 'cli_parser', 'canonical_flags', 'run_cli', 'call_parse', 'ends_quietly']
 
 # %% ../nbs/06_cli.ipynb #803aa20b
-import sys, inspect, argparse, shutil, textwrap
+import contextlib, os, sys, inspect, argparse, shutil, textwrap
 from functools import wraps, partial
 from pathlib import Path
 from fastcore.docments import docments
@@ -175,3 +175,19 @@ def call_parse(func=None,   # the console script's function (docments on every p
         frame.f_globals[func.__name__] = _f
         sys.exit(run_cli(func, sys.argv[1:], examples))
     return _f
+
+# %% ../nbs/06_cli.ipynb #e17c0002
+EXIT_CLOSED_PIPE = 141  # stdout's reader went away (`| head -1`): 128 + SIGPIPE, what a shell reports for `yes | head -1`
+
+@contextlib.contextmanager
+def ends_quietly(prog:str): # the console script's name, for the Ctrl-C line
+    "Ctrl-C: one line `prog: interrupted` and `EXIT_INTERRUPTED`; a closed stdout: no traceback and `EXIT_CLOSED_PIPE`."
+    try:
+        yield
+        sys.stdout.flush()                     # a closed pipe shows at the last flush too: here, not at exit
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr); sys.exit(EXIT_INTERRUPTED)
+    except BrokenPipeError:
+        try: os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())   # Python's own flush at exit writes nowhere
+        except (OSError, ValueError): pass
+        sys.exit(EXIT_CLOSED_PIPE)
