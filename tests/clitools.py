@@ -36,3 +36,12 @@ def _splits_dir():
 SPLITS = _splits_dir()
 needs_splits = pytest.mark.skipif(SPLITS is None, reason='real split files not found: expected ../shared/data/splits '
                                   'beside the repo (shared/ copied next to the clone) or $ALA_SPLITS')
+
+def run_closed_stdout(name:str, *args, timeout=300) -> tuple:
+    "Run console script `name` with its stdout a pipe whose reader has gone (as `| head -1` leaves it): (exit status, stderr)."
+    p = subprocess.Popen([sys.executable, script(name), *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, cwd=ROOT, env=ENV)
+    p.stdout.close()
+    try: err = p.communicate(timeout=timeout)[1]
+    except subprocess.TimeoutExpired: p.kill(); raise
+    return p.returncode, err
