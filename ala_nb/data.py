@@ -6,14 +6,14 @@
 __all__ = ['FMNIST_MEAN', 'FMNIST_STD', 'CIFAR_MEAN', 'CIFAR_STD', 'IMAGENET_MEAN', 'IMAGENET_STD', 'FMNIST_CLASSES',
            'FMNIST_FILES', 'FMNIST_SYSTEM_DIRS', 'FMNIST_LAYOUTS', 'CIFAR_DATASETS', 'DATASETS', 'lt_counts',
            'lt_indices', 'shot_groups', 'per_class_accuracy', 'shot_accuracy', 'crop_flip_transform',
-           'imagenet_transform', 'read_idx', 'ala_cache_dir', 'fmnist_search_dirs', 'find_fashion_mnist',
-           'load_fashion_mnist', 'InMemoryDataset', 'load_cifar', 'SplitFileDataset', 'LTData', 'get_lt_data',
-           'ClassAwareSampler', 'DeviceLoader']
+           'imagenet_transform', 'read_idx', 'ala_cache_dir', 'ala_data_dir', 'fmnist_search_dirs',
+           'find_fashion_mnist', 'load_fashion_mnist', 'InMemoryDataset', 'load_cifar', 'SplitFileDataset', 'LTData',
+           'get_lt_data', 'ClassAwareSampler', 'DeviceLoader']
 
 # %% ../nbs/02_data.ipynb #f36a505c
-import gzip, math, numbers, os
+import gzip, io, math, numbers, os
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 import numpy as np, torch, torch.nn.functional as F
 import torchvision, torchvision.transforms as T
 from torch.utils.data import Dataset, Sampler
@@ -163,11 +163,20 @@ def ala_cache_dir()->Path: # $XDG_CACHE_HOME/ala_nb, by default ~/.cache/ala_nb
     "The user cache folder of ala_nb (not created)."
     return Path(os.environ.get('XDG_CACHE_HOME') or Path.home()/'.cache')/'ala_nb'
 
+def ala_data_dir()->Path: # the folder $ALA_DATA names, or None where it is unset or empty
+    "`ALA_DATA` as a folder; one naming no folder is an error, never a quiet fallback to the other places."
+    v = os.environ.get('ALA_DATA')
+    if not v: return None
+    p = Path(v).expanduser()
+    if not p.exists(): raise FileNotFoundError(f"ALA_DATA={v}: no such folder (point ALA_DATA at the data folder, or unset it)")
+    if not p.is_dir(): raise NotADirectoryError(f"ALA_DATA={v}: not a folder (point ALA_DATA at the data folder, or unset it)")
+    return p
+
 def fmnist_search_dirs(root=None # a folder given by the caller, looked in first
                       )->list:   # [(where, folder)] in search order
     "The places Fashion-MNIST is looked for, in order."
     dirs = [('root', Path(root))] if root is not None else []
-    if os.environ.get('ALA_DATA'): dirs.append(('ALA_DATA', Path(os.environ['ALA_DATA'])))
+    if (a := ala_data_dir()) is not None: dirs.append(('ALA_DATA', a))
     return dirs + [('system', Path(d)) for d in FMNIST_SYSTEM_DIRS] + [('cache', ala_cache_dir()/'fashion-mnist')]
 
 # %% ../nbs/02_data.ipynb #ccf4fd8c
@@ -250,7 +259,7 @@ def load_cifar(name:str,           # 'cifar10_lt' or 'cifar100_lt'
               )->tuple:            # (train_x uint8 (N,3,32,32), train_y int64, test_x, test_y, classes)
     "CIFAR-10 or CIFAR-100, read by torchvision, as uint8 tensors."
     cls = CIFAR_DATASETS[name]
-    root = Path(root or os.environ.get('ALA_DATA') or ala_cache_dir())
+    root = Path(root or ala_data_dir() or ala_cache_dir())
     try: sets = [cls(root, train=t, download=download and t) for t in (True, False)]
     except RuntimeError as e:
         raise FileNotFoundError(f"{name}: no readable {root/cls.base_folder} (torchvision: {e}); "
@@ -269,17 +278,23 @@ class SplitFileDataset(Dataset):
                  check_files:bool=False):   # check now that every image exists (else when it is read)
         self.root, self.split_file, self.num_classes, self.transform = Path(root), Path(split_file), num_classes, transform
         self.paths, targets, self.lines, seen = [], [], [], {}
-        with open(self.split_file) as f:
-            for ln, line in enumerate(f, 1):
-                if not line.strip(): continue
-                parts = line.split()
-                if len(parts) != 2 or not parts[1].lstrip('-').isdigit():
-                    raise ValueError(f"{self.split_file}:{ln}: expected 'relative/path label', got {line.rstrip()!r}")
-                path, label = parts[0], int(parts[1])
-                if not 0 <= label < num_classes:
-                    raise ValueError(f"{self.split_file}:{ln}: label {label} out of range for {num_classes} classes")
-                if path in seen: raise ValueError(f"{self.split_file}:{ln}: duplicate path {path} (first at line {seen[path]})")
-                seen[path] = ln; self.paths.append(path); targets.append(label); self.lines.append(ln)
+        try: text = self.split_file.read_bytes().decode('utf-8')
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{self.split_file}: not a text split file (byte {e.start} is not UTF-8); expected 'relative/path label' lines") from None
+        for ln, line in enumerate(io.StringIO(text, newline=None), 1):
+            if not line.strip(): continue
+            if '\0' in line: raise ValueError(f"{self.split_file}:{ln}: not a text split file (a NUL byte); expected 'relative/path label' lines")
+            parts = line.split()
+            if len(parts) != 2 or not parts[1].lstrip('-').isdigit():
+                raise ValueError(f"{self.split_file}:{ln}: expected 'relative/path label', got {line.rstrip()!r}")
+            path, label = parts[0], int(parts[1])
+            if PurePosixPath(path).is_absolute() or '..' in PurePosixPath(path).parts:
+                raise ValueError(f"{self.split_file}:{ln}: path {path} leaves the image root (absolute, or with '..'); "
+                                 "expected a path relative to the root")
+            if not 0 <= label < num_classes:
+                raise ValueError(f"{self.split_file}:{ln}: label {label} out of range for {num_classes} classes")
+            if path in seen: raise ValueError(f"{self.split_file}:{ln}: duplicate path {path} (first at line {seen[path]})")
+            seen[path] = ln; self.paths.append(path); targets.append(label); self.lines.append(ln)
         if not self.paths: raise ValueError(f"{self.split_file}: no images listed")
         self.targets = torch.tensor(targets, dtype=torch.long)
         if check_files:
@@ -364,10 +379,13 @@ def get_lt_data(name:str,                # a key of DATASETS
     if 'splits' in spec:
         if imb_factor is not None or n_max is not None:
             raise ValueError(f"{name}: imb_factor/n_max do not apply, its split file fixes the counts")
-        root = root if root is not None else os.environ.get('ALA_DATA')
+        root = root if root is not None else ala_data_dir()
         if root is None: raise ValueError(f"{name}: give root= (the image folder the split files refer to) or set ALA_DATA")
         sd = Path(split_dir if split_dir is not None else root)
         train, test = (SplitFileDataset(root, sd/f, C, imagenet_transform(t), check_files) for f, t in zip(spec['splits'], (True, False)))
+        if missing := [c for c, n in enumerate(train.counts) if n == 0]:
+            raise ValueError(f"{train.split_file}: no training image of {len(missing)} of {C} classes "
+                             f"({', '.join(map(str, missing[:10]))}{', ...' if len(missing) > 10 else ''}); every class needs one")
         return LTData(name, C, train.counts, train.classes, train, test, train.targets, test.targets,
                       3, 224, IMAGENET_MEAN, IMAGENET_STD)
     if split_dir is not None: raise ValueError(f"{name}: split_dir applies only to {', '.join(k for k in DATASETS if 'splits' in DATASETS[k])}")

@@ -7,7 +7,7 @@ __all__ = ['ala_eval']
 
 # %% ../nbs/20a_eval_cli.ipynb #0efd2dfa
 import os, sys, warnings
-from .cli import call_parse, Choice, AMP_MODES, is_cuda_n, EXIT_BAD_INPUT
+from .cli import call_parse, Choice, AMP_MODES, is_cuda_n, EXIT_BAD_INPUT, ends_quietly
 from .runs import CKPT, write_json
 
 # %% ../nbs/20a_eval_cli.ipynb #9e0990f4
@@ -27,28 +27,29 @@ def ala_eval(run_dir:str,             # a run folder written by ala_train (it ne
              checkpoint:str=CKPT,     # the run folder's checkpoint file to evaluate (e.g. checkpoint.prev.pt)
             ):
     "Re-evaluate a run folder's checkpoint on its test (or validation) split and print All / Many / Medium / Few top-1; changes nothing in the run folder."
-    from ala_nb.train import one_line   # first: train sets OMP_WAIT_POLICY before torch loads OpenMP
-    import torch, torch.distributed as dist
-    from ala_nb.eval import _check_out, _dumps, _one_line_warnings, evaluate_run, eval_json, eval_report
-    rank, world = int(os.environ.get('RANK', 0)), int(os.environ.get('WORLD_SIZE', 1))
-    own_group = world > 1 and not (dist.is_available() and dist.is_initialized())
-    def fail(msg):
-        if rank == 0: print(f"ala_eval: error: {msg}", file=sys.stderr)
-        if own_group and dist.is_initialized(): dist.destroy_process_group()
-        sys.exit(EXIT_BAD_INPUT)
-    with warnings.catch_warnings():
-        warnings.showwarning = _one_line_warnings if rank == 0 else (lambda *a, **k: None)
-        try:
-            dest = _check_out(out, run_dir)
-            if own_group:
-                cuda = device.startswith('cuda') or (device == 'auto' and torch.cuda.is_available())
-                if cuda: torch.cuda.set_device(int(os.environ.get('LOCAL_RANK', 0)))
-                dist.init_process_group('nccl' if cuda else 'gloo')
-            res = evaluate_run(run_dir, split, tau_la, tau_norm, device, batch_size, amp, checkpoint)
-        except (ValueError, TypeError, OSError, KeyError) as e: fail(one_line(e))
-    if rank == 0:
-        obj = eval_json(res)
-        if dest is not None: write_json(dest, obj)
-        if json: print(_dumps(obj))
-        else: print(eval_report(res) + (f"\nwritten to {dest}" if dest is not None else ''))
-    if own_group: dist.destroy_process_group()
+    with ends_quietly('ala_eval'):
+        from ala_nb.train import one_line   # first: train sets OMP_WAIT_POLICY before torch loads OpenMP
+        import torch, torch.distributed as dist
+        from ala_nb.eval import _check_out, _dumps, _one_line_warnings, evaluate_run, eval_json, eval_report
+        rank, world = int(os.environ.get('RANK', 0)), int(os.environ.get('WORLD_SIZE', 1))
+        own_group = world > 1 and not (dist.is_available() and dist.is_initialized())
+        def fail(msg):
+            if rank == 0: print(f"ala_eval: error: {msg}", file=sys.stderr)
+            if own_group and dist.is_initialized(): dist.destroy_process_group()
+            sys.exit(EXIT_BAD_INPUT)
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warnings if rank == 0 else (lambda *a, **k: None)
+            try:
+                dest = _check_out(out, run_dir)
+                if own_group:
+                    cuda = device.startswith('cuda') or (device == 'auto' and torch.cuda.is_available())
+                    if cuda: torch.cuda.set_device(int(os.environ.get('LOCAL_RANK', 0)))
+                    dist.init_process_group('nccl' if cuda else 'gloo')
+                res = evaluate_run(run_dir, split, tau_la, tau_norm, device, batch_size, amp, checkpoint)
+            except (ValueError, TypeError, OSError, KeyError) as e: fail(one_line(e))
+        if rank == 0:
+            obj = eval_json(res)
+            if dest is not None: write_json(dest, obj)
+            if json: print(_dumps(obj))
+            else: print(eval_report(res) + (f"\nwritten to {dest}" if dest is not None else ''))
+        if own_group: dist.destroy_process_group()

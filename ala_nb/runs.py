@@ -293,6 +293,27 @@ class RunFolder:
                 self._outputs = {k: z[k] for k in ('target', 'pred', 'p_true')}
         return self._outputs
 
+def _check_final(fn, f:dict):
+    "The types and ranges of what the tables and figures read from `final.json`; one error naming the file and the field."
+    def bad(k, want, v): raise ValueError(f"{fn}: {k}: expected {want}, got {json.dumps(v)[:60] if not isinstance(v, str) else repr(v[:60])}")
+    num = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    frac = lambda v: v is None or (num(v) and 0 <= v <= 1)
+    pc = f['per_class']
+    if not (isinstance(pc, list) and pc and all(map(frac, pc))): bad('per_class', 'a list of numbers in [0, 1] or null', pc)
+    C = len(pc)
+    if not isinstance(f['top1'], dict): bad('top1', 'an object of shot groups (all, many, medium, few)', f['top1'])
+    for g, v in f['top1'].items():
+        if not frac(v): bad(f'top1.{g}', 'a number in [0, 1] or null', v)
+    if not (isinstance(f['counts'], list) and len(f['counts']) == C and all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in f['counts'])):
+        bad('counts', f'a list of positive integers, one per class ({C} in per_class)', f['counts'])
+    if not isinstance(f['groups'], dict): bad('groups', 'an object of class-id lists (many, medium, few)', f['groups'])
+    for g, ks in f['groups'].items():
+        if not (ks is None or (isinstance(ks, list) and all(isinstance(k, int) and not isinstance(k, bool) and 0 <= k < C for k in ks))):
+            bad(f'groups.{g}', f'a list of class ids in [0, {C})', ks)
+    if not isinstance(f['seed'], int) or isinstance(f['seed'], bool): bad('seed', 'an integer', f['seed'])
+    if not isinstance(f['loss'], str): bad('loss', 'a loss name', f['loss'])
+    if not isinstance(f['drw'], bool): bad('drw', 'true or false', f['drw'])
+
 def load_run(path, # a run folder written by `ala_train`
             )->RunFolder:
     "Read a finished run folder: `final.json` (required), `config.json`, `metrics.jsonl` and `adjust_trace.jsonl`."
@@ -307,6 +328,7 @@ def load_run(path, # a run folder written by `ala_train`
     final = read_json(fn)
     missing = [k for k in _FINAL_KEYS if k not in final]
     if missing: raise ValueError(f"{fn}: missing keys {missing}")
+    _check_final(fn, final)
     config = read_json(path/CONFIG) if (path/CONFIG).exists() else {}
     return RunFolder(path, final, config, read_jsonl(path/METRICS), read_jsonl(path/TRACE))
 
@@ -322,7 +344,12 @@ def load_runs(dirs, # run folders, or a single folder whose sub-folders are run 
     runs = [load_run(d) for d in dirs]
     return sorted(runs, key=lambda r: (order.get(r.method, len(order)), r.method, r.seed, str(r.path)))
 
-def _setting_id(s:dict)->str: return json.dumps(s, sort_keys=True, default=str)
+def _canon(v): # JSON values with integral floats as ints: 32.0 (from `--imb_factor 32`) is the preset's 32
+    if isinstance(v, float) and v.is_integer(): return int(v)
+    if isinstance(v, (list, tuple)): return [_canon(x) for x in v]
+    return {k: _canon(x) for k, x in v.items()} if isinstance(v, dict) else v
+
+def _setting_id(s:dict)->str: return json.dumps(_canon(s), sort_keys=True, default=str)   # values, not spellings
 
 def setting_names(runs)->dict: # setting id -> '' (one setting) or 'k=v, ...' of the fields that differ
     "A short name for each distinct setting among `runs`: the fields in which it differs from the others."

@@ -4,8 +4,8 @@
 
 # %% auto #0
 __all__ = ['METHOD_NAMES', 'SEEDS', 'resolve_methods', 'summary_table', 'table_markdown', 't_quantile', 'verdict', 'paired_delta',
-           'paired_table', 'paired_markdown', 'per_class_consistency', 'sweep_commands', 'sweep_mismatch', 'run_sweep',
-           'ala_sweep']
+           'paired_table', 'paired_markdown', 'per_class_consistency', 'sweep_commands', 'sweep_mismatch',
+           'train_command', 'run_sweep', 'ala_sweep']
 
 # %% ../nbs/11_study.ipynb #c190d595
 import json, math, os, shlex, shutil, subprocess, sys, time
@@ -170,6 +170,9 @@ def sweep_commands(methods=tuple(METHODS), # labels or names of `METHODS` to tra
             cmds.append((run, argv))
     return cmds
 
+from .cli import ends_quietly, EXIT_BAD_INPUT   # (here, not above: the sweep's own cells)
+from .runs import _canon
+
 _RUN_SETTINGS = [f.name for f in fields(TrainConfig) if f.name not in set(RESUME_MAY_CHANGE) - {'epochs'}]
 
 def sweep_mismatch(folder,  # an existing run folder
@@ -179,11 +182,21 @@ def sweep_mismatch(folder,  # an existing run folder
     have = read_json(Path(folder)/CONFIG) if (Path(folder)/CONFIG).exists() else {}
     defaults = json.loads(json.dumps(asdict(TrainConfig())))
     have, wanted = {**defaults, **have}, {**defaults, **wanted}        # a field a config predates: its default then
-    norm = lambda v: json.dumps(v, sort_keys=True)
+    norm = lambda v: json.dumps(_canon(v), sort_keys=True)            # values, not spellings: 32 is 32.0
     return [f"{k}: folder {have.get(k)!r}, sweep {wanted.get(k)!r}" for k in _RUN_SETTINGS if norm(have.get(k)) != norm(wanted.get(k))]
 
-def _wanted_config(exe, argv)->dict:
-    p = subprocess.run([exe, *argv[1:], '--print_config'], capture_output=True, text=True)
+def train_command(argv:list, # a `sweep_commands` argv, argv[0] == 'ala_train'
+                 )->tuple:   # (command, environment): this interpreter running this package's `ala_train`
+    "The process that runs `argv`: `python -m ala_nb.train_cli` of this very install, never whichever `ala_train` is first on PATH."
+    import ala_nb
+    root = str(Path(ala_nb.__file__).resolve().parents[1])             # the folder holding this `ala_nb`
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([root] + [p for p in [os.environ.get('PYTHONPATH')] if p]))
+    safe = ['-P'] if sys.version_info >= (3, 11) else []               # -P: not the working folder's `ala_nb` first
+    return [sys.executable, *safe, '-m', 'ala_nb.train_cli', *map(str, argv[1:])], env
+
+def _wanted_config(argv)->dict:
+    cmd, env = train_command(argv)
+    p = subprocess.run([*cmd, '--print_config'], capture_output=True, text=True, env=env)
     if p.returncode: raise ValueError(f"{shlex.join(argv)}: {p.stderr.strip().splitlines()[-1] if p.stderr.strip() else 'failed'}")
     return json.loads(p.stdout)
 
@@ -194,14 +207,14 @@ def run_sweep(methods=tuple(METHODS), # labels or names of `METHODS` to train
               extra=(),               # more `ala_train` arguments
               jobs:int=1,             # runs at a time
               nice:int=0,             # `nice` increment for each run (be kind to shared machines)
-             )->dict: # run folder -> exit code (0 for runs kept as already finished)
+             )->dict: # run folder -> exit code (0: finished, or kept as finished; None: exited 0 without final.json, e.g. preempted)
     "Train the sweep's runs that have no finished run folder yet, `jobs` at a time; refuse finished folders of another setting."
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1: raise ValueError(f"--jobs must be an integer >= 1, got {jobs!r}")
     todo, rcs = sweep_commands(methods, seeds, out, preset, extra), {}
-    exe = shutil.which('ala_train')
-    if exe is None: raise FileNotFoundError("ala_train is not on PATH: install the package (pip install -e .)")
-    for run, argv in todo:                                         # check every kept folder before training anything
+    for run, argv in todo:                 # every command line checked (flags, extras) and every kept folder, before training
+        wanted = _wanted_config(argv)
         if (run/FINAL).exists():
-            bad = sweep_mismatch(run, _wanted_config(exe, argv))
+            bad = sweep_mismatch(run, wanted)
             if bad: raise ValueError(f"{run} holds a finished run of another setting than this sweep's ({'; '.join(bad)}); "
                                      "use another --out or move it away")
     logs = Path(out)/'logs'; logs.mkdir(parents=True, exist_ok=True)
@@ -209,8 +222,10 @@ def run_sweep(methods=tuple(METHODS), # labels or names of `METHODS` to train
     def _reap(block):
         for p in list(running):
             if block or p[0].poll() is not None:
-                rc = p[0].wait(); p[2].close(); running.remove(p); rcs[p[1]] = rc
-                print(f"{'done' if rc == 0 else f'FAILED (exit {rc})'}: {p[1]} in {time.time()-p[3]:.0f}s", flush=True)
+                rc = p[0].wait(); p[2].close(); running.remove(p)
+                rcs[p[1]] = None if rc == 0 and not (p[1]/FINAL).exists() else rc     # a preempted run exits 0 too
+                state = {0: 'done', None: 'NOT FINISHED (exit 0, no final.json: preempted?)'}.get(rcs[p[1]], f'FAILED (exit {rc})')
+                print(f"{state}: {p[1]} in {time.time()-p[3]:.0f}s", flush=True)
                 if block: return
     for run, argv in todo:
         while len(running) >= jobs: _reap(False); time.sleep(0.5)
@@ -219,9 +234,10 @@ def run_sweep(methods=tuple(METHODS), # labels or names of `METHODS` to train
             print(f"skipped: {run} exists without final.json (in progress elsewhere, or failed: delete it to retrain)", flush=True)
             continue
         log = open(logs/f'{run.name}.log', 'w')
-        cmd = (['nice', '-n', str(nice)] if nice else []) + [exe] + argv[1:]
+        cmd, env = train_command(argv)
         print('start:', shlex.join(argv), flush=True)
-        running.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), run, log, time.time()))
+        running.append((subprocess.Popen((['nice', '-n', str(nice)] if nice else []) + cmd, stdout=log, stderr=subprocess.STDOUT, env=env),
+                        run, log, time.time()))
     while running: _reap(True)
     return rcs
 
@@ -242,17 +258,18 @@ def ala_sweep(out:str='study_runs',       # parent folder of the run folders
               seeds:str='0,1,2,3,4',      # seeds, comma-separated
               preset:Choice('preset', PRESETS)='fmnist_lt', # `ala_train` preset
               extra:str='',               # more `ala_train` arguments, quoted as one string, e.g. "--threads 1"
-              jobs:int=1,                 # runs at a time
+              jobs:int=1,                 # runs at a time (>= 1)
               nice:int=10,                # `nice` increment for each run
              ):
     "Train the study's methods × seeds with `ala_train` (skipping finished runs of the same setting), then print the table."
-    try: rcs = run_sweep(resolve_methods(methods), _seeds(seeds), out, preset, shlex.split(extra), jobs, nice)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"ala_sweep: error: {e}", file=sys.stderr); sys.exit(2)
-    failed = [str(r) for r, rc in rcs.items() if rc != 0]
-    done = [r for r, rc in rcs.items() if rc == 0]
-    if done:
-        print(table_markdown(summary_table(done)))
-        if any(m == 'LDAM-DRW' for m in resolve_methods(methods)) and len(resolve_methods(methods)) > 1:
-            print(); print(paired_markdown(paired_table(done)))
-    if failed: sys.exit(f"ala_sweep: {len(failed)} runs failed (see {out}/logs): {' '.join(failed)}")
+    with ends_quietly('ala_sweep'):
+        try: rcs = run_sweep(resolve_methods(methods), _seeds(seeds), out, preset, shlex.split(extra), jobs, nice)
+        except (ValueError, OSError) as e:
+            print(f"ala_sweep: error: {' '.join(str(e).split())}", file=sys.stderr); sys.exit(EXIT_BAD_INPUT)
+        failed = [str(r) for r, rc in rcs.items() if rc != 0]
+        done = [r for r, rc in rcs.items() if rc == 0]
+        if done:
+            print(table_markdown(summary_table(done)))
+            if any(m == 'LDAM-DRW' for m in resolve_methods(methods)) and len(resolve_methods(methods)) > 1:
+                print(); print(paired_markdown(paired_table(done)))
+        if failed: sys.exit(f"ala_sweep: {len(failed)} runs did not finish (see {out}/logs): {' '.join(failed)}")

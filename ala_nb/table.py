@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Optional
 import numpy as np
 from fastcore.script import Param
-from .cli import call_parse
+from .cli import call_parse, ends_quietly, EXIT_BAD_INPUT
 from .runs import GROUPS, load_runs, by_method, _jsonable
 from .study import summary_table, table_markdown, paired_table, paired_markdown
 
@@ -119,11 +119,12 @@ def ala_table(run_dirs:Param("run folders written by ala_train, or folders holdi
               baseline:str=None,    # method to pair against, e.g. CE (default: LDAM-DRW where the runs have it, else CE)
              ):
     "Mean ± std top-1 (All / Many / Medium / Few) over seeds per method, and paired differences from a baseline, over any run folders."
-    try:
-        if markdown + csv + json > 1: raise ValueError("give one of --markdown, --csv, --json")
-        t = table_data(run_dirs, baseline)
-    except (OSError, ValueError, KeyError) as e:
-        print(f"ala_table: error: {' '.join(str(e).split())}", file=sys.stderr); sys.exit(2)
-    if json: print(_dumps(table_json(t)))
-    elif csv: sys.stdout.write(table_csv(t))
-    else: print(table_text(t))
+    with ends_quietly('ala_table'):
+        try:
+            if markdown + csv + json > 1: raise ValueError("give one of --markdown, --csv, --json")
+            t = table_data(run_dirs, baseline)
+        except (OSError, ValueError, KeyError) as e:
+            print(f"ala_table: error: {' '.join(str(e).split())}", file=sys.stderr); sys.exit(EXIT_BAD_INPUT)
+        if json: print(_dumps(table_json(t)))
+        elif csv: sys.stdout.write(table_csv(t))
+        else: print(table_text(t))

@@ -17,10 +17,11 @@ def script(name:str) -> str:
     (d/name).write_text(f'import sys\nfrom ala_nb.{MODULES[name]} import {name}\nsys.exit({name}())\n')
     return str(d/name)
 
-def run(name:str, *args, timeout=300, cwd=ROOT) -> subprocess.CompletedProcess:
-    "Run console script `name` with `args` to the end, capturing its output."
+def run(name:str, *args, timeout=300, cwd=ROOT, env:dict=None) -> subprocess.CompletedProcess:
+    "Run console script `name` with `args` to the end, capturing its output; `env`: variables to set (None: unset) on top of `ENV`."
+    e = {k: v for k, v in {**ENV, **(env or {})}.items() if v is not None}
     return subprocess.run([sys.executable, script(name), *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, cwd=cwd, env=ENV)
+                          timeout=timeout, cwd=cwd, env=e)
 
 def start(name:str, *args, log) -> subprocess.Popen:
     "Start console script `name` in the background, its output going to the open file `log`."
@@ -35,3 +36,12 @@ def _splits_dir():
 SPLITS = _splits_dir()
 needs_splits = pytest.mark.skipif(SPLITS is None, reason='real split files not found: expected ../shared/data/splits '
                                   'beside the repo (shared/ copied next to the clone) or $ALA_SPLITS')
+
+def run_closed_stdout(name:str, *args, timeout=300) -> tuple:
+    "Run console script `name` with its stdout a pipe whose reader has gone (as `| head -1` leaves it): (exit status, stderr)."
+    p = subprocess.Popen([sys.executable, script(name), *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, cwd=ROOT, env=ENV)
+    p.stdout.close()
+    try: err = p.communicate(timeout=timeout)[1]
+    except subprocess.TimeoutExpired: p.kill(); raise
+    return p.returncode, err

@@ -302,3 +302,71 @@ def test_device_loader_shards(N, world, bs, drop):
         assert parts == [padded[r::world] for r in range(world)]
     else:
         assert all(len(p) == per // bs * bs for p in parts)
+
+
+# ---------------------------------------------------------------- issue 17: what a split file and ALA_DATA may not do
+from clitools import run
+
+
+@pytest.mark.parametrize('line', ['../outside.jpg 0', '/etc/hosts 0', 'train/../../outside.jpg 0', 'train/a/../../../x.jpg 1'])
+def test_split_file_paths_stay_under_the_root(tmp_path, line):
+    "A path that leaves the image root (absolute, or with '..') is refused, naming the file and line, before any image is read."
+    sf = tmp_path/'ImageNet_LT_train.txt'; sf.write_text(f'train/a/1.jpg 0\n{line}\n')
+    with pytest.raises(ValueError, match=rf'{sf}:2: path .* leaves the image root'):
+        D.SplitFileDataset(tmp_path/'root', sf, 1000)
+
+
+@pytest.mark.parametrize('data', [b'\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe', b'a.jpg 0\nb.jpg\x00 1\n'])
+def test_binary_split_file_is_named(tmp_path, data):
+    sf = tmp_path/'Places_LT_train.txt'; sf.write_bytes(data)
+    with pytest.raises(ValueError, match=rf'{sf}(:\d+)?: not a text split file'):
+        D.SplitFileDataset(tmp_path, sf, 365)
+
+
+def _split_set(d, train_labels, C=1000):
+    "ImageNet-LT split files under `d` (no images needed until one is read)."
+    (d/'ImageNet_LT_train.txt').write_text(''.join(f'train/n{c:03d}/{i}.JPEG {c}\n' for i, c in enumerate(train_labels)))
+    (d/'ImageNet_LT_test.txt').write_text(''.join(f'val/{c}.JPEG {c}\n' for c in range(C)))
+    return d
+
+
+def test_split_file_missing_classes_names_the_file(tmp_path):
+    _split_set(tmp_path, [c for c in range(1000) if c not in (3, 500, 999)])
+    with pytest.raises(ValueError, match=rf"{tmp_path/'ImageNet_LT_train.txt'}: no training image of 3 of 1000 classes \(3, 500, 999\)"):
+        D.get_lt_data('imagenet_lt', root=tmp_path)
+    _split_set(tmp_path, range(1000))
+    assert D.get_lt_data('imagenet_lt', root=tmp_path).counts == [1] * 1000
+
+
+@pytest.mark.parametrize('case', ['missing_classes', 'binary', 'escape'])
+def test_split_file_errors_through_ala_train(tmp_path, case):
+    "The same refusals from the shell: one line naming the split file, exit 2, no run folder."
+    _split_set(tmp_path, range(998) if case == 'missing_classes' else range(1000))
+    sf = tmp_path/'ImageNet_LT_train.txt'
+    if case == 'binary': sf.write_bytes(b'\xff\xd8\xff\xe0' + bytes(range(256)))
+    if case == 'escape': sf.write_text(sf.read_text() + '../../etc/hosts 0\n')
+    p = run('ala_train', '--preset', 'imagenet_lt_r50', '--data_root', tmp_path, '--device', 'cpu', '--out', tmp_path/'run')
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 2 and len(lines) == 1 and lines[0].startswith('ala_train: error: ') and str(sf) in lines[0], p.stderr
+    assert not (tmp_path/'run').exists()
+
+
+@pytest.mark.parametrize('kind', ['missing', 'file'])
+def test_ala_data_must_name_a_folder(tmp_path, nowhere, monkeypatch, kind):
+    "ALA_DATA naming no folder is an error naming ALA_DATA and the path; no fallback to Debian's or the cache's copy."
+    _write_fmnist(nowhere['system'])
+    bad = tmp_path/'no_such_folder'
+    if kind == 'file': bad.write_text('x')
+    monkeypatch.setenv('ALA_DATA', str(bad))
+    for f in (D.find_fashion_mnist, lambda: D.get_lt_data('fmnist_lt', n_max=4, imb_factor=4), lambda: D.load_cifar('cifar10_lt'),
+              lambda: D.get_lt_data('places_lt')):
+        with pytest.raises((FileNotFoundError, NotADirectoryError), match=f'ALA_DATA={bad}: '): f()
+    monkeypatch.setenv('ALA_DATA', '')                    # empty: unset
+    assert D.find_fashion_mnist()['train_x'].parent == nowhere['system']
+
+
+def test_ala_data_missing_through_ala_train(tmp_path):
+    p = run('ala_train', '--preset', 'fmnist_lt_tiny', '--out', tmp_path/'run', env=dict(ALA_DATA=str(tmp_path/'nope')))
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 2 and len(lines) == 1 and f"ALA_DATA={tmp_path/'nope'}: no such folder" in lines[0], p.stderr
+    assert not (tmp_path/'run').exists()

@@ -163,6 +163,8 @@ def test_validation_split(tmp_path):
     for i in range(8): Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(pl/'img'/f'{i}.png')
     lists = dict(train=[(0, 0), (1, 0), (2, 0), (3, 1), (4, 2)], test=[(5, 0), (6, 1)], val=[(7, 0), (0, 1), (3, 2), (4, 2)])
     for k, rows in lists.items(): (pl/f'Places_LT_{k}.txt').write_text(''.join(f'img/{i}.png {y}\n' for i, y in rows))
+    with open(pl/'Places_LT_train.txt', 'a') as f:    # every class needs a training image (never read here)
+        f.write(''.join(f'img/more/{c}.png {c}\n' for c in range(3, 365)))
     cfg = get_config('places_lt_r152', arch='resnet8', pretrained=None, root=str(pl), num_workers=0, eval_batch_size=3)
     torch.manual_seed(0)
     net = create_model('resnet8', 365, normed=False, in_chans=3)
@@ -225,3 +227,30 @@ def test_torchrun_gathered_evaluation(runs, tmp_path):
     assert (ddp['world_size'], one['world_size'], ddp['n']) == (2, 1, 200)
     assert (ddp['top1'], ddp['per_class']) == (one['top1'], one['per_class'])
     assert json.loads(dest.read_text()) == ddp and tree(runs['ce']) == before
+
+
+# --- issue 17: how ala_eval ends when its reader goes away or Ctrl-C is pressed ------------------------------------------
+from clitools import run_closed_stdout
+
+def test_closed_pipe_is_quiet(runs):
+    "`ala_eval RUN | head -1`: no BrokenPipeError traceback; exit 141 (128 + SIGPIPE), as the shell reports `yes | head -1`."
+    for args in ((), ('--json',)):
+        rc, err = run_closed_stdout('ala_eval', runs['ala'], '--device', 'cpu', *args)
+        assert (rc, err) == (141, ''), (rc, err)
+
+@pytest.mark.skipif(not Path('/proc/self/maps').exists(), reason='needs /proc to see when torch is loaded')
+def test_ctrl_c_is_one_line(runs):
+    "SIGINT while evaluating (torch loaded, one image a batch: seconds of work left): one line and exit 130, nothing written."
+    import signal, time
+    before = tree(runs['ala'])
+    p = subprocess.Popen([sys.executable, script('ala_eval'), runs['ala'], '--device', 'cpu', '--batch_size', '1'],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, cwd=ROOT)
+    t0 = time.time()
+    while 'libtorch_cpu' not in Path(f'/proc/{p.pid}/maps').read_text():
+        assert p.poll() is None and time.time() - t0 < 60, 'ala_eval ended before torch was loaded'
+        time.sleep(0.01)
+    time.sleep(0.5)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=60)
+    assert (p.returncode, out, err) == (130, '', 'ala_eval: interrupted\n'), (p.returncode, out, err[-2000:])
+    assert tree(runs['ala']) == before

@@ -1,5 +1,5 @@
 """`ala_figures` on real run folders: a tiny run trained here with `ala_train`, and the committed study in nbs/study."""
-import json, re, struct, zlib
+import json, os, re, struct, zlib
 from pathlib import Path
 import matplotlib; matplotlib.use('Agg')
 import matplotlib.pyplot as plt
@@ -122,3 +122,57 @@ def test_fig1_error_bars_and_annotations():
     assert any('vs LDAM-DRW' in t.get_text() for t in ax.texts)
     assert fig.get_figwidth() <= TEXT_WIDTH
     plt.close('all')
+
+
+# --- issue 17: every file checked before anything is drawn; a refused command leaves nothing behind -------------------------
+import io, zipfile
+from ala_nb.runs import toy_run
+
+def _npz(**arrays)->bytes:
+    b = io.BytesIO(); np.savez(b, **arrays); return b.getvalue()
+
+N = 40   # toy_run's test set: 4 classes x 10
+GOOD = dict(target=np.repeat(np.arange(4), 10), pred=np.repeat(np.arange(4), 10), p_true=np.full(N, 0.9, np.float32))
+
+@pytest.mark.parametrize('content, says', [
+    (b'this is not an npz file', 'not a readable .npz file'),
+    (b'PK\x03\x04' + bytes(100), 'not a readable .npz file'),
+    (_npz(target=GOOD['target'], pred=GOOD['pred']), "missing arrays ['p_true']"),
+    (_npz(**{**GOOD, 'p_true': np.full(N - 1, 0.9, np.float32)}), 'target, pred and p_true must be 1-D arrays of one length'),
+    (_npz(**{**GOOD, 'p_true': np.full(N, 1.5, np.float32)}), 'p_true must lie in [0, 1]'),
+    (_npz(**{**GOOD, 'target': GOOD['target'] + 3}), 'target must be class ids in [0, 4)'),
+    (_npz(**{**GOOD, 'pred': GOOD['pred'].astype(np.float64) + 0.5}), 'pred must be class ids in [0, 4)'),
+    (_npz(**{**GOOD, 'target': np.array(['a'] * N)}), 'target must be class ids in [0, 4)'),
+], ids=['text', 'zip_header', 'no_p_true', 'lengths', 'p_true_range', 'target_range', 'pred_float', 'target_str'])
+def test_bad_outputs_are_refused_before_drawing(tmp_path, content, says):
+    "A damaged test_outputs.npz in the last run: one line naming it, exit 2, and no figure (not even the earlier ones)."
+    toy_run(tmp_path/'runs'/'ce', [0.9, 0.6, 0.3, 0.2], loss='ce')
+    bad = toy_run(tmp_path/'runs'/'ala', [0.9, 0.6, 0.3, 0.5])/'test_outputs.npz'
+    bad.write_bytes(content)
+    r = run('ala_figures', tmp_path/'runs', '--out', tmp_path/'figs', '--dpi', DPI)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith(f'ala_figures: error: {bad}: ') and says in lines[0], r.stderr
+    assert r.stdout == '' and not (tmp_path/'figs').exists()
+
+@pytest.mark.parametrize('dpi', [0, -3, 5000])
+def test_bad_dpi_creates_nothing(tmp_path, dpi):
+    toy_run(tmp_path/'ala', [0.9, 0.6, 0.3, 0.5])
+    r = run('ala_figures', tmp_path/'ala', '--out', tmp_path/'figs', '--dpi', dpi)
+    assert r.returncode == 2 and r.stderr.splitlines() == [f'ala_figures: error: --dpi must be an integer from 1 to 1200, got {dpi}'], r.stderr
+    assert not (tmp_path/'figs').exists()
+
+def test_failure_while_drawing_leaves_an_existing_folder_as_it_was(tmp_path):
+    "Figures are drawn aside and moved in only when all are drawn: a failure keeps the folder's earlier files, adds none."
+    toy_run(tmp_path/'ala', [0.9, 0.6, 0.3, 0.5])
+    out = tmp_path/'figs'; out.mkdir(); (out/'notes.txt').write_text('mine')
+    from ala_nb import figures
+    calls = []
+    def boom(*a, **k): calls.append(1); raise ValueError('drawing failed')
+    orig = figures.plot_adjust
+    figures.plot_adjust = boom
+    try:
+        with pytest.raises(ValueError, match='drawing failed'): figures.draw_figures([tmp_path/'ala'], out, dpi=DPI)
+    finally: figures.plot_adjust = orig
+    assert calls and sorted(p.name for p in tmp_path.iterdir()) == ['ala', 'figs'] and os.listdir(out) == ['notes.txt']
+    paths = figures.draw_figures([tmp_path/'ala'], out, dpi=DPI)
+    assert sorted(os.listdir(out)) == sorted(['notes.txt'] + [p.name for p in paths]) and len(paths) == 6

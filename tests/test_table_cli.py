@@ -141,3 +141,41 @@ def test_bad_input_is_one_line(study, tmp_path, args, says):
     p = ala_table(*[a.format(d=tmp_path, study=study) for a in args])
     assert p.returncode == 2 and p.stdout == '', (p.returncode, p.stdout)
     assert p.stderr.count('\n') == 1 and p.stderr.startswith('ala_table: error: ') and says in p.stderr, p.stderr
+
+
+# --- issue 17 ---------------------------------------------------------------------------------------------------------------
+from clitools import run_closed_stdout
+
+@pytest.mark.parametrize('fmt', ['--markdown', '--csv', '--json'])
+def test_closed_pipe_is_quiet(study, fmt):
+    "`ala_table runs/ | head -1`: no BrokenPipeError traceback; exit 141 (128 + SIGPIPE), as the shell reports `yes | head -1`."
+    assert run_closed_stdout('ala_table', study, fmt) == (141, '')
+
+def test_same_value_same_setting(tmp_path):
+    "imb_factor 32 (a preset's) and 32.0 (`--imb_factor 32`) are one setting: pooled over seeds, no setting suffix."
+    for s, v in ((0, 32), (1, 32.0)):
+        d = toy_run(tmp_path/f'ce-seed{s}', CE[s], loss='ce', seed=s)
+        c = json.loads((d/'config.json').read_text()); c['imb_factor'] = v; (d/'config.json').write_text(json.dumps(c))
+    j = json.loads(ala_table(tmp_path, '--json').stdout)
+    assert [(r['method'], r['n'], r['seeds']) for r in j['summary']] == [('CE', 2, [0, 1])], j['summary']
+
+@pytest.mark.parametrize('field, value, says', [
+    ('top1', [0.5], "top1: expected an object of shot groups"),
+    ('top1', {'all': 'high', 'many': 0.5, 'medium': 0.5, 'few': 0.5}, "top1.all: expected a number in [0, 1] or null, got 'high'"),
+    ('per_class', 'abc', 'per_class: expected a list of numbers in [0, 1] or null'),
+    ('per_class', [0.5, 0.5, '0.5', 0.5], 'per_class: expected a list of numbers in [0, 1] or null'),
+    ('counts', [200, 50, 10], 'counts: expected a list of positive integers, one per class (4 in per_class)'),
+    ('counts', [200, 50, 10.5, 5], 'counts: expected a list of positive integers'),
+    ('seed', '0', "seed: expected an integer, got '0'"),
+    ('seed', True, 'seed: expected an integer, got true'),
+    ('loss', 7, 'loss: expected a loss name, got 7'),
+    ('drw', 'yes', "drw: expected true or false, got 'yes'"),
+    ('groups', {'many': [0], 'medium': 'x', 'few': [2, 3]}, 'groups.medium: expected a list of class ids in [0, 4)'),
+    ('groups', {'many': [0], 'medium': [1], 'few': [2, 9]}, 'groups.few: expected a list of class ids in [0, 4)'),
+])
+def test_final_json_wrong_types_are_one_line(tmp_path, field, value, says):
+    d = toy_run(tmp_path/'ce-seed0', CE[0], loss='ce', seed=0)
+    f = json.loads((d/'final.json').read_text()); f[field] = value; (d/'final.json').write_text(json.dumps(f))
+    p = ala_table(tmp_path)
+    assert p.returncode == 2 and p.stdout == '', (p.returncode, p.stdout, p.stderr)
+    assert p.stderr.count('\n') == 1 and p.stderr.startswith(f"ala_table: error: {d/'final.json'}: {says}"), p.stderr
