@@ -4,8 +4,8 @@
 
 # %% auto #0
 __all__ = ['quantity_factor', 'difficulty_factor', 'ldam_margins', 'class_balanced_weights', 'ALALoss', 'LDAMLoss',
-           'LogitAdjustedLoss', 'BalancedSoftmaxLoss', 'FocalLoss', 'CrossEntropyLoss', 'ClassBalancedCELoss',
-           'make_loss']
+           'LogitAdjustedLoss', 'BalancedSoftmaxLoss', 'FocalLoss', 'CrossEntropyLoss', 'ClassBalancedFocalLoss',
+           'LADELoss', 'ClassBalancedCELoss', 'make_loss']
 
 # %% ../nbs/00a_losses.ipynb #5e5fac04
 import inspect, math
@@ -276,6 +276,78 @@ class CrossEntropyLoss(_LTLoss):
              )->torch.Tensor: # scalar loss
         return F.cross_entropy(x, target, weight=self._w(x))
 
+# %% ../nbs/00a_losses.ipynb #e5fe1fe5
+class ClassBalancedFocalLoss(_LTLoss):
+    "CB-Focal (Cui et al. 2019): the sigmoid focal loss over the C one-vs-rest outputs, weighted by `class_balanced_weights`."
+    def __init__(self,
+                 counts, # training images per class, length C
+                 beta:float=0.999, # β of the effective number
+                 gamma:float=0.5, # focusing parameter γ >= 0; 0 is class-balanced sigmoid cross-entropy
+                 validate:bool=True, # on CUDA, assert on the device that targets are in [0, C)
+                ):
+        c = _as_counts(counts)
+        if not gamma >= 0: raise ValueError(f"gamma = {gamma}: expected gamma >= 0")
+        super().__init__(len(c), class_balanced_weights(c, beta), validate)
+        self.beta, self.gamma = beta, float(gamma)
+
+    def _loss(self,
+              x:torch.Tensor, # linear-head logits (B, C), float32 or float64
+              target:torch.Tensor, # class index per sample (B,) int64
+             )->torch.Tensor: # scalar loss
+        y = target[:, None]
+        u = x.scatter(1, y, -x.gather(1, y))          # the logit of the wrong answer: z off the target, -z on it
+        l = F.softplus(u)                             # -log p, the binary cross-entropy of each output
+        if self.gamma: l = l * torch.exp(self.gamma * F.logsigmoid(u))   # (1-p)^γ
+        l = l.sum(1)
+        if self.weight is not None: l = l * self._w(x).index_select(0, target)
+        return l.sum() / len(target)
+
+    def init_head(self, head:nn.Linear): # the classifier whose bias starts every sigmoid at 1/C
+        "The authors' initialisation of the classifier's bias: `-log(C-1)`."
+        if not isinstance(head, nn.Linear) or head.bias is None or head.out_features != self.num_classes:
+            raise ValueError(f"CB-Focal: init_head needs a linear head with a bias and {self.num_classes} outputs, got {head}")
+        with torch.no_grad(): head.bias.fill_(-math.log(max(self.num_classes - 1, 1)))
+        return head
+
+    def extra_repr(self): return f"C={self.num_classes}, beta={self.beta}, gamma={self.gamma}"
+
+# %% ../nbs/00a_losses.ipynb #b54df31c
+class LADELoss(_LTLoss):
+    "LADE (Hong et al. 2021): PC-softmax CE on `logits + log π_s`, plus `alpha` times the LADER regulariser."
+    def __init__(self,
+                 counts, # training images per class, length C
+                 alpha:float=0.1, # weight α of LADER (authors' ImageNet-LT config: 0.1)
+                 lam:float=0.1, # ReMINE's λ, the penalty on the log-partition estimate (authors: 0.1)
+                 weight:Optional[torch.Tensor]=None, # class weight (C,) of the cross-entropy, reassignable
+                 validate:bool=True, # on CUDA, assert on the device that targets are in [0, C)
+                ):
+        c = _as_counts(counts)
+        super().__init__(len(c), weight, validate)
+        if not (alpha >= 0 and lam >= 0): raise ValueError(f"alpha = {alpha}, lam = {lam}: expected both >= 0")
+        self.alpha, self.lam = float(alpha), float(lam)
+        self.register_buffer('prior', c / c.sum(), persistent=False)
+        self.register_buffer('log_prior', torch.log(c / c.sum()), persistent=False)
+
+    def lader(self,
+              x:torch.Tensor, # logits (B, C)
+              target:torch.Tensor, # class index per sample (B,) int64
+             )->torch.Tensor: # scalar: -Σ_c π_c (first_c - second_c - λ second_c²)
+        "The LADER regulariser, with the authors' estimator."
+        B, C = x.shape
+        onehot = F.one_hot(target, C).to(x.dtype)
+        first = (onehot * x).sum(0) / onehot.sum(0).clamp_min(1)      # mean logit of class c over its samples; 0 if none
+        second = torch.logsumexp(x - self.log_prior.to(x.dtype), 0) - math.log(C) - math.log(B)
+        return -(self.prior.to(x.dtype) * (first - second - self.lam * second * second)).sum()
+
+    def _loss(self,
+              x:torch.Tensor, # linear-head logits (B, C), float32 or float64
+              target:torch.Tensor, # class index per sample (B,) int64
+             )->torch.Tensor: # scalar loss
+        ce = F.cross_entropy(x + self.log_prior.to(x.dtype), target, weight=self._w(x))
+        return ce + self.alpha * self.lader(x, target) if self.alpha else ce
+
+    def extra_repr(self): return f"C={self.num_classes}, alpha={self.alpha}, lam={self.lam}"
+
 # %% ../nbs/00a_losses.ipynb #4a9af7b3
 class ClassBalancedCELoss(CrossEntropyLoss):
     "Class-balanced cross-entropy (Cui et al. 2019): CE weighted by `class_balanced_weights(counts, beta)`."
@@ -295,7 +367,7 @@ def _constructor(name:str): # a name of `METHODS`
     cls = globals()[m.loss]                                     # a class of this module
     return partial(cls, **dict(m.loss_kw)) if m.loss_kw else cls
 
-def make_loss(name:str, # a method of `ala_nb.methods.METHODS` with a loss: ce, focal, cb_ce, ldam, la, bsce, ala, df, qf, df_ldam
+def make_loss(name:str, # a method of `ala_nb.methods.METHODS` with a loss: ce, focal, cb_ce, ldam, la, bsce, ala, df, qf, df_ldam, cb_focal, lade
               counts, # training images per class, length C (ignored by ce and focal)
               **kw, # passed on to the loss, e.g. s=, max_m=, tau=, gamma=, beta=, weight=
              )->nn.Module: # the loss module
