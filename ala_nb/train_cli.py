@@ -13,7 +13,7 @@ from typing import Optional
 from .cli import (call_parse, Choice, LOSS_NAMES, ARCH_NAMES, AMP_MODES, COMPILE_MODES, DOWNLOADABLE, is_timm,
                         is_cuda_n, EXIT_BAD_INPUT, EXIT_NON_FINITE, EXIT_INTERRUPTED)
 from .config import TrainConfig, PRESETS, get_config, validate_config, load_config
-from .runs import CONFIG, run_dir, write_json, _jsonable
+from .runs import CONFIG, run_dir, write_json, _jsonable, elastic_restart
 
 # %% ../nbs/06a_train_cli.ipynb #479584dc
 _FLAGS_ONLY = ('out', 'resume', 'overwrite')
@@ -146,13 +146,14 @@ def ala_train(preset:Choice('preset', PRESETS)=None,  # the recipe: data set, ba
         files = {**(config_fields(config) if config else {}), **(_extra_fields(cfg) if cfg else {})}
         if preset and files.get('preset', preset) != preset:
             raise ValueError(f"--preset {preset}, but {'--config ' + config if config else '--cfg'} is a {files['preset']} config")
-        if int(os.environ.get('TORCHELASTIC_RESTART_COUNT', '0') or 0) > 0: resume, overwrite = True, False
+        if elastic_restart(): resume, overwrite = True, False
         c = resolve_cli_config(preset, {**files, **flags}, out, resume, overwrite)
     except (ValueError, TypeError, OSError) as e: fail(EXIT_BAD_INPUT, ' '.join(str(e).split()) or type(e).__name__)
     if print_config:
         if rank == 0: print(json.dumps(_jsonable(asdict(c)), indent=1))
         return
-    from ala_nb.train import train, NonFiniteLoss, one_line, format_results   # torch, now that there is a run
+    from ala_nb.train import train, NonFiniteLoss, one_line   # torch, now that there is a run
+    from ala_nb.evaluate import format_results
     try:
         fetch_data(c, download)
         res = train(c)
