@@ -177,7 +177,7 @@ def test_missing_cifar_names_the_flags(tmp_path):
 @pytest.fixture(scope='module')
 def logged_run(tmp_path_factory):
     out = tmp_path_factory.mktemp('cli')/'tiny'
-    p = run('ala_train', *TINY, '--out', out, '--progress-every', '0.01', '--tensorboard', '--cfg', '{"step_delay": 0.02}')
+    p = run('ala_train', *TINY, '--out', out, '--progress-every', '0.01', '--tensorboard', env=dict(ALA_TEST_STEP_DELAY='0.02'))
     assert p.returncode == 0, p.stderr
     return out, p
 
