@@ -92,8 +92,9 @@ def test_truncated_checkpoint_falls_back_to_previous(reference, tmp_path):
 
 def test_non_finite_loss_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     "In-process: a loss that turns NaN in epoch 2 stops the run; the epoch-1 checkpoint stays, nothing else is written."
-    import ala_nb.train as T
-    make = T.make_loss
+    import ala_nb.train as T, ala_nb.build as B
+    from ala_nb.config import get_config
+    make = B.make_loss
     def nan_later(name, counts, **kw):
         lf = make(name, counts, **kw); fwd, n = lf.forward, [0]
         def forward(*a):
@@ -102,8 +103,8 @@ def test_non_finite_loss_keeps_last_good_checkpoint(tmp_path, monkeypatch):
             return l * float('nan') if n[0] > 13 + 3 else l
         lf.forward = forward
         return lf
-    monkeypatch.setattr(T, 'make_loss', nan_later)
-    cfg = T.get_config('fmnist_lt_tiny', out=str(tmp_path/'run'), device='cpu')
+    monkeypatch.setattr(B, 'make_loss', nan_later)   # make_parts builds the loss
+    cfg = get_config('fmnist_lt_tiny', out=str(tmp_path/'run'), device='cpu')
     with pytest.raises(T.NonFiniteLoss, match=r'non-finite training loss in epoch 2, by step 5; .*after epoch 1\), is kept'):
         T.train(cfg)
     st = ckpt(tmp_path/'run')
