@@ -12,12 +12,12 @@ __all__ = ['CONFIG', 'METRICS', 'TRACE', 'FINAL', 'OUTPUTS', 'CKPT', 'CKPT_PREV'
            'load_runs', 'setting_names', 'by_method', 'pick_methods', 'write_run', 'copy_run', 'toy_run']
 
 # %% ../nbs/04_runs.ipynb #05da4c0d
-import os, io, sys, json, math, time, errno, socket, shutil
-from dataclasses import dataclass, field, asdict, fields
+import os, io, json, math, time, errno, socket, shutil
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Optional
 import numpy as np
-from .config import TrainConfig, drw_enabled
+from .config import TrainConfig
 from .cli import MARGIN_LOSS_NAMES
 
 # %% ../nbs/04_runs.ipynb #8253a4df

@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 from fastcore.imports import IN_NOTEBOOK
 from .config import TrainConfig, validate_config, drw_enabled
-from .runs import (CONFIG, METRICS, TRACE, CKPT, TB, LiveRun, run_dir, check_resume, write_json, append_jsonl,
+from .runs import (METRICS, TRACE, CKPT, TB, LiveRun, run_dir, check_resume, write_json, append_jsonl,
                          _jsonable, claim_run_folder, start_run_folder, undo_start, finish_run_folder, elastic_restart)
 from .checkpoint import state_digest, save_checkpoint, load_checkpoint, rng_state, set_rng_state
 from .step import lr_factor, apply_drw, train_step, EpochStats
