@@ -21,10 +21,12 @@ from .data import (LTData, DeviceLoader, InMemoryDataset, SplitFileDataset, crop
                          imagenet_transform, lt_counts, CIFAR_MEAN, CIFAR_STD)
 from .config import get_config
 from .step import apply_drw, make_scheduler, train_step, EpochStats
-from .train import Run, build_run, train_one_epoch, train
+from .build import Run, build_run
+from .train import train_one_epoch, train
 from .captured import CapturedStep
 from .cache import CacheLoader, build_cache, open_cache
-from .testing import make_parts, write_standin_split   # make_parts: ala_nb.build's, once that room lands
+from .build import make_parts
+from .testing import write_standin_split
 
 # %% ../nbs/22_bench.ipynb #9ca06c7c
 def time_fn(fn, # function of no arguments to time
@@ -324,7 +326,8 @@ def bench_step(arch:str='resnet32',    # backbone, one of `models.ARCHS`
     sync = (lambda: torch.cuda.synchronize(dev)) if cuda else (lambda: None)
 
     def parts():
-        net, lf, opt = make_parts(cfg, counts, dev)
+        p = make_parts(cfg, counts, dev)
+        net, lf, opt = p.model, p.loss, p.opt
         dl = DeviceLoader(x, y, batch_size, CIFAR_MEAN, CIFAR_STD, drop_last=True, device=dev, seed=seed,
                           channels_last=channels_last)
         return net, lf, opt, dl

@@ -19,10 +19,10 @@ from .models import create_model, NormedLinear
 from .data import DATASETS, DeviceLoader, SplitFileDataset, get_lt_data, imagenet_transform, shot_groups
 from .cache import SplitCache, CacheLoader, cached_lt_data
 from .config import TrainConfig, load_config, validate_config, drw_enabled
-from .runs import CONFIG, FINAL, CKPT, CKPT_PREV, read_json, write_json, _jsonable
+from .runs import CONFIG, FINAL, CKPT, CKPT_PREV, read_json, _jsonable
 from .checkpoint import read_checkpoint
-from .train import (evaluate, gather_outputs, score, stratified_subset, format_results, resolve_device,
-                          one_line, agree)
+from .build import stratified_subset, resolve_device, one_line, agree
+from .evaluate import evaluate, gather_outputs, score, format_results
 
 # %% ../nbs/20_eval.ipynb #53982fb2
 def _checkpoint_of(folder:Path, name:str)->dict:

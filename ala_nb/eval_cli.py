@@ -28,7 +28,8 @@ def ala_eval(run_dir:str,             # a run folder written by ala_train (it ne
             ):
     "Re-evaluate a run folder's checkpoint on its test (or validation) split and print All / Many / Medium / Few top-1; changes nothing in the run folder."
     with ends_quietly('ala_eval'):
-        from ala_nb.train import one_line   # first: train sets OMP_WAIT_POLICY before torch loads OpenMP
+        os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')   # before torch loads OpenMP, as `ala_nb.train` does
+        from ala_nb.build import one_line
         import torch, torch.distributed as dist
         from ala_nb.eval import _check_out, _dumps, _one_line_warnings, evaluate_run, eval_json, eval_report
         rank, world = int(os.environ.get('RANK', 0)), int(os.environ.get('WORLD_SIZE', 1))

@@ -7,12 +7,13 @@ __all__ = ['CONFIG', 'METRICS', 'TRACE', 'FINAL', 'OUTPUTS', 'CKPT', 'CKPT_PREV'
            'ANALYSIS_FILES', 'METHODS', 'GROUPS', 'tmp_path', 'fsync_dir', 'write_bytes', 'write_json', 'write_outputs',
            'append_jsonl', 'read_jsonl', 'truncate_jsonl', 'read_json', 'method_slug', 'run_name', 'run_dir',
            'RunFolderBusy', 'RunLock', 'clean_leftovers', 'folder_state', 'check_run_folder', 'set_aside',
-           'drop_replaced', 'resume_conflicts', 'check_resume', 'method_label', 'RunFolder', 'load_run', 'load_runs',
+           'drop_replaced', 'resume_conflicts', 'check_resume', 'LiveRun', 'claim_run_folder', 'start_run_folder',
+           'undo_start', 'finish_run_folder', 'elastic_restart', 'method_label', 'RunFolder', 'load_run', 'load_runs',
            'setting_names', 'by_method', 'pick_methods', 'write_run', 'copy_run']
 
 # %% ../nbs/04_runs.ipynb #05da4c0d
-import os, io, sys, json, math, time, errno, socket, shutil
-from dataclasses import dataclass, field, asdict, fields
+import os, io, json, math, time, errno, socket, shutil
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Optional
 import numpy as np
@@ -232,6 +233,71 @@ def check_resume(saved:TrainConfig, new:TrainConfig, folder, done_epochs:int=0):
     if bad: raise ValueError(f"--resume of {folder} would change the run: {', '.join(bad)}; only "
                              f"{', '.join(f for f in RESUME_MAY_CHANGE if f not in CLI_ONLY)} "
                              "may differ (start a new run with another --out to change the rest)")
+
+# %% ../nbs/04_runs.ipynb #9053f23f
+@dataclass(kw_only=True)
+class LiveRun:
+    "A run folder while its run is live: its lock, and what the run has done to it (what `undo_start` undoes)."
+    out:Path                 # the run folder
+    created:bool=False       # the run made the folder
+    wrote:bool=False         # `start_run_folder` began writing
+    fresh:bool=False         # a fresh run (not a resume)
+    saved:bool=False         # a checkpoint has been written
+    replaced:list=None       # the names `set_aside` moved into `replaced/`
+    lock:RunLock=None        # held from `claim_run_folder` until released
+
+def claim_run_folder(live:LiveRun, # its `out` is the folder to claim
+                     resume:bool=False, overwrite:bool=False, # what the run may do to a run already there
+                    )->LiveRun:
+    "Lock the run folder (creating it) and check that the run may use it; `live` records both."
+    live.created = not live.out.exists()
+    live.lock = RunLock(live.out).acquire()
+    check_run_folder(live.out, resume, overwrite)
+    return live
+
+def start_run_folder(live:LiveRun,   # claimed
+                     config:dict,    # config.json's record
+                     done_epochs:int=0, # epochs the checkpoint holds (the logs are cut back to them)
+                     overwrite:bool=False, # set a run already there aside in `replaced/`
+                     resumed:bool=False,   # resuming from a checkpoint (then a missing config.json is rewritten: said)
+                     log=print,            # where to say what happened
+                    ):
+    "Write a run's start into its folder: clean leftovers, set an overwritten run aside, write config.json, cut the logs back."
+    out = live.out
+    live.wrote = True
+    clean_leftovers(out)
+    if overwrite:
+        live.replaced = set_aside(out)
+        if live.replaced: log(f"--overwrite: the run that was in {out} is kept in {out/REPLACED} until this one finishes")
+    if resumed and not (out/CONFIG).exists(): log(f"{out/CONFIG} was missing: rewritten from {out/CKPT}")
+    write_json(out/CONFIG, config)
+    for f in (METRICS, TRACE): truncate_jsonl(out/f, done_epochs)
+
+def undo_start(live:LiveRun):
+    "A run failed before it had written anything, or a fresh run before its first checkpoint: remove what it wrote, put an overwritten run back."
+    out = live.out
+    if live.wrote and live.fresh and not live.saved:
+        for f in RUN_FILES: (out/f).unlink(missing_ok=True)
+        shutil.rmtree(out/TB, ignore_errors=True)
+        if live.replaced:
+            for f in live.replaced: os.replace(out/REPLACED/f, out/f)
+            shutil.rmtree(out/REPLACED, ignore_errors=True)
+        clean_leftovers(out)
+    if live.created and out.is_dir() and {p.name for p in out.iterdir()} <= {LOCK}:
+        shutil.rmtree(out, ignore_errors=True)
+
+def finish_run_folder(out:Path,     # the run folder
+                      outputs:dict, # target, pred, p_true of every test image (`write_outputs`)
+                      final:dict,   # final.json's record
+                     ):
+    "Write a finished run's results (test_outputs.npz, then final.json) and drop the run an `--overwrite` set aside."
+    write_outputs(out/OUTPUTS, outputs)
+    write_json(out/FINAL, final)
+    drop_replaced(out)
+
+def elastic_restart()->bool: # this process restarts an elastic group: the run resumes, never overwrites
+    "Is this a restart of an elastic group (`torchrun --max_restarts` sets TORCHELASTIC_RESTART_COUNT > 0)?"
+    return int(os.environ.get('TORCHELASTIC_RESTART_COUNT', '0') or 0) > 0
 
 # %% ../nbs/04_runs.ipynb #1b4e0d97
 METHODS = {l: label_args(l) for l in STUDY}  # the study's labels -> ala_train arguments (drw omitted = the method's default)

@@ -23,10 +23,15 @@ def run(name:str, *args, timeout=300, cwd=ROOT, env:dict=None) -> subprocess.Com
     return subprocess.run([sys.executable, script(name), *map(str, args)], capture_output=True, text=True,
                           timeout=timeout, cwd=cwd, env=e)
 
-def start(name:str, *args, log) -> subprocess.Popen:
-    "Start console script `name` in the background, its output going to the open file `log`."
+def start(name:str, *args, log, env:dict=None) -> subprocess.Popen:
+    "Start console script `name` in the background, its output going to the open file `log` (`env`: variables added to `ENV`)."
     return subprocess.Popen([sys.executable, script(name), *map(str, args)], stdout=log, stderr=subprocess.STDOUT,
-                            cwd=ROOT, env=ENV)
+                            cwd=ROOT, env=dict(ENV, **(env or {})))
+
+def delay(seconds:float)->dict: # the environment of a run slowed down for a crash test
+    return dict(ALA_TEST_STEP_DELAY=str(seconds))
+
+RANK_DUMP = dict(ALA_TEST_RANK_DUMP='1')   # every rank writes rank{r}.json
 
 def _splits_dir():
     "The real split files: ../shared/data/splits beside the repo, else $ALA_SPLITS; None if neither has them."

@@ -190,8 +190,7 @@ def test_missing_cifar_names_the_flags(tmp_path):
 @pytest.fixture(scope='module')
 def logged_run(tmp_path_factory):
     out = tmp_path_factory.mktemp('cli')/'tiny'
-    p = subprocess.run([sys.executable, script('ala_train'), *TINY, '--out', str(out), '--progress-every', '0.01', '--tensorboard'],
-                       capture_output=True, text=True, timeout=300, cwd=ROOT, env=dict(ENV, ALA_TEST_STEP_DELAY='0.02'))
+    p = run('ala_train', *TINY, '--out', out, '--progress-every', '0.01', '--tensorboard', env=dict(ALA_TEST_STEP_DELAY='0.02'))
     assert p.returncode == 0, p.stderr
     return out, p
 

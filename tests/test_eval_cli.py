@@ -192,7 +192,8 @@ def test_cached_run_reads_its_cache(tmp_path):
     from ala_nb.models import create_model
     from ala_nb.runs import write_json
     from ala_nb.checkpoint import save_checkpoint
-    from ala_nb.train import build_run, evaluate
+    from ala_nb.build import build_run
+    from ala_nb.evaluate import evaluate
     sp = tmp_path/'splits'
     write_standin_split(tmp_path/'tr', sp/'Places_LT_train.txt', [(40, 56)] * 6, [0, 0, 0, 1, 1, 2], workers=1)
     write_standin_split(tmp_path/'te', sp/'Places_LT_test.txt', [(48, 40)] * 6, [0, 0, 1, 1, 2, 2], seed=1, workers=1)

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np, pytest, torch
 from PIL import Image
 
-from clitools import ROOT, ENV, run, start, script
+from clitools import ROOT, ENV, run, start, script, delay
 
 TINY = ['--preset', 'fmnist_lt_tiny', '--device', 'cpu']
 
@@ -97,8 +97,8 @@ def test_a_runs_own_config_json_reruns_it(finished, tmp_path):
 def test_two_runs_on_one_folder_second_is_refused(tmp_path):
     out = tmp_path/'run'
     with open(tmp_path/'a.log', 'w') as la:
-        a = subprocess.Popen([sys.executable, script('ala_train'), *TINY, '--out', str(out), '--cfg', '{"step_delay": 1.0}'],
-                             stdout=la, stderr=subprocess.STDOUT, cwd=ROOT, env=ENV)
+        a = subprocess.Popen([sys.executable, script('ala_train'), *TINY, '--out', str(out)],
+                             stdout=la, stderr=subprocess.STDOUT, cwd=ROOT, env=dict(ENV, **delay(1.0)))
         wait_for(lambda: (out/'run.lock').exists(), a)
         b = cli(*TINY, '--loss', 'ce', '--out', out)                  # started while the first runs
         r = cli(*TINY, '--out', out, '--resume')                      # a resume while it runs: refused too
@@ -130,7 +130,7 @@ def test_overwrite_killed_midway_leaves_the_old_run_in_replaced(finished, tmp_pa
     out = copy(finished, tmp_path/'run')
     old = snapshot(out)
     with open(tmp_path/'log', 'w') as log:
-        p = start('ala_train', *TINY, '--out', out, '--overwrite', '--cfg', '{"step_delay": 0.05}', log=log)
+        p = start('ala_train', *TINY, '--out', out, '--overwrite', log=log, env=delay(0.05))
         wait_for(lambda: ckpt(out)['epoch'] >= 1 and ckpt(out)['config']['loss'] == 'ala', p)
         os.kill(p.pid, signal.SIGKILL); p.wait()
     assert snapshot(out/'replaced') == old                            # the finished run, complete
@@ -247,7 +247,7 @@ def test_ctrl_c_saves_and_resumes_exactly(tmp_path):
     assert cli(*TINY, '--out', ref).returncode == 0
     out = tmp_path/'run'
     with open(tmp_path/'log', 'w') as log:
-        p = start('ala_train', *TINY, '--out', out, '--cfg', '{"step_delay": 0.1}', log=log)
+        p = start('ala_train', *TINY, '--out', out, log=log, env=delay(0.1))
         wait_for(lambda: ckpt(out)['epoch'] >= 1, p)
         time.sleep(0.5)
         p.send_signal(signal.SIGINT); p.wait(timeout=120)

@@ -10,7 +10,7 @@ from ala_nb.losses import class_balanced_weights
 from ala_nb.step import EpochStats, apply_drw, lr_factor, make_scheduler, train_step
 from ala_nb.captured import CapturedStep
 from ala_nb.bench import bench_step
-from ala_nb.testing import make_parts   # ala_nb.build.make_parts once that room lands
+from ala_nb.build import make_parts
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
 CFG = get_config('cifar10_lt', arch='resnet8', epochs=3, batch_size=16, lr=0.05, warmup_epochs=1,
@@ -23,7 +23,8 @@ def parts(cfg=CFG, device='cpu', init=0, n=60, drop_last=False, channels_last=Tr
     x = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
     y = torch.cat([torch.arange(10), torch.randint(0, 4, (n - 10,), generator=g)])
     counts = torch.bincount(y, minlength=10).tolist()
-    net, lf, opt = make_parts(replace(cfg, seed=init, channels_last=channels_last), counts, device)
+    p = make_parts(replace(cfg, seed=init, channels_last=channels_last), counts, device)
+    net, lf, opt = p.model, p.loss, p.opt
     dl = DeviceLoader(x, y, cfg.batch_size, CIFAR_MEAN, CIFAR_STD, device=device, seed=cfg.seed, drop_last=drop_last,
                       channels_last=channels_last)
     return net, lf, opt, dl, counts

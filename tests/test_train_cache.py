@@ -9,7 +9,9 @@ import numpy as np, pytest, torch
 from ala_nb.cache import CacheLoader, build_cache
 from ala_nb.testing import write_standin_split
 from ala_nb.config import get_config
-from ala_nb.train import build_run, evaluate, train
+from ala_nb.build import build_run
+from ala_nb.evaluate import evaluate
+from ala_nb.train import train
 from clitools import ROOT, ENV, run, script
 import subprocess, sys
 
@@ -60,11 +62,11 @@ def test_two_ranks_shard_the_cache(cache, tmp_path):
     out = tmp_path/'run'
     c = {k: str(v) for k, v in cache.items()}
     extra = json.dumps(dict(data_cache=c['cache'], split_dir=c['split_dir'], pretrained=None, num_workers=0,
-                            eval_batch_size=3, debug_rank_dump=True))
+                            eval_batch_size=3))
     p = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
                         script('ala_train'), '--preset', 'imagenet_lt_r50', '--arch', 'resnet8', '--data_root', c['root'],
                         '--epochs', '1', '--batch_size', '4', '--device', 'cpu', '--threads', '1', '--loss', 'ce', '--out', str(out),
-                        '--cfg', extra], capture_output=True, text=True, timeout=400, cwd=ROOT, env=ENV)
+                        '--cfg', extra], capture_output=True, text=True, timeout=400, cwd=ROOT, env=dict(ENV, ALA_TEST_RANK_DUMP='1'))
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
     h = [json.loads((out/f'rank{r}.json').read_text())['sha256'] for r in (0, 1)]
     assert h[0] == h[1]
@@ -73,11 +75,11 @@ def test_two_ranks_shard_the_cache(cache, tmp_path):
 
 def test_build_run_shards_the_cache_by_rank(cache, monkeypatch):
     "build_run hands its rank and world size to the cache's loaders: rank r trains on rows order[r::2], evaluates test[r::2]."
-    import ala_nb.train as T
+    import ala_nb.build as T
     monkeypatch.setattr(T, 'DDP', lambda net, device_ids=None: net)  # no process group here: only the loaders matter
     rows, ev = [], []
     for r in (0, 1):
-        monkeypatch.setattr(T, '_dist_info', lambda r=r: (r, 2, 0))
+        monkeypatch.setattr(T, 'dist_info', lambda r=r: (r, 2, 0))
         run_ = T.build_run(cfg(cache))
         assert (run_.train_loader.rank, run_.train_loader.world_size, run_.train_loader.batch_size) == (r, 2, 2)
         run_.train_loader.set_epoch(0); rows.append(run_.train_loader.plan()['rows_cpu'].tolist())

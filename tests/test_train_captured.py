@@ -5,7 +5,7 @@ import json, signal, time
 from pathlib import Path
 import pytest, torch
 
-from clitools import run, start
+from clitools import run, start, delay
 TINY = ['--preset', 'fmnist_lt_tiny', '--device', 'cpu']
 CAPTURED = '{"step": "captured"}'
 
@@ -39,7 +39,7 @@ def test_sigterm_mid_epoch_then_resume_is_bit_identical(runs, tmp_path):
     eager, captured = runs
     out = tmp_path/'run'
     with open(tmp_path/'log', 'w') as log:
-        p = start('ala_train', *TINY, '--out', out, '--cfg', '{"step": "captured", "step_delay": 0.1}', log=log)
+        p = start('ala_train', *TINY, '--out', out, '--cfg', '{"step": "captured"}', log=log, env=delay(0.1))
         t = time.time()
         while time.time() - t < 240:                       # until the checkpoint after epoch 1 is on disk
             assert p.poll() is None, (tmp_path/'log').read_text()
@@ -79,13 +79,13 @@ def test_refused_in_one_line(tmp_path, cfg, msg):
 def test_two_ranks_captured_equals_eager(tmp_path):
     "torchrun, 2 gloo processes: under DDP the captured step runs uncaptured on the DDP model — the eager DDP run's weights, to the bit."
     import subprocess, sys
-    from clitools import ROOT, ENV, script
+    from clitools import ROOT, ENV, RANK_DUMP, script
     h = {}
-    for name, cfg in (('eager', '{"debug_rank_dump": true}'), ('captured', '{"debug_rank_dump": true, "step": "captured"}')):
+    for name, cfg in (('eager', '{}'), ('captured', '{"step": "captured"}')):
         out = tmp_path/name
         p = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
                             script('ala_train'), *TINY, '--out', str(out), '--cfg', cfg],
-                           capture_output=True, text=True, timeout=400, cwd=ROOT, env=ENV)
+                           capture_output=True, text=True, timeout=400, cwd=ROOT, env=dict(ENV, **RANK_DUMP))
         assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
         h[name] = [json.loads((out/f'rank{r}.json').read_text())['sha256'] for r in (0, 1)]
         assert h[name][0] == h[name][1]

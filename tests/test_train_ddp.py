@@ -4,7 +4,7 @@ import json, os, signal, socket, subprocess, sys, time
 from pathlib import Path
 import numpy as np, pytest, torch
 
-from clitools import ROOT, ENV, script
+from clitools import ROOT, ENV, RANK_DUMP, script, delay
 
 TINY = ['--preset', 'fmnist_lt_tiny', '--device', 'cpu']
 
@@ -30,7 +30,7 @@ def nodes(*argvs, timeout=300):
 @pytest.fixture(scope='module')
 def ddp_run(tmp_path_factory):
     out = tmp_path_factory.mktemp('ddp')/'run'
-    p = torchrun(*TINY, '--out', out, '--cfg', '{"debug_rank_dump": true}')
+    p = torchrun(*TINY, '--out', out, env=dict(ENV, **RANK_DUMP))
     assert p.returncode == 0, p.stdout + p.stderr
     return out, p
 
@@ -48,7 +48,8 @@ def test_torchrun_two_processes(ddp_run):
     # the sharded, gathered evaluation equals one process evaluating the saved weights
     from ala_nb.config import get_config
     from ala_nb.checkpoint import load_checkpoint
-    from ala_nb.train import build_run, evaluate
+    from ala_nb.build import build_run
+    from ala_nb.evaluate import evaluate
     r = build_run(get_config('fmnist_lt_tiny', device='cpu'))
     r.net.load_state_dict(load_checkpoint(out)['model'])
     o = evaluate(r.net, r.eval_loaders['final'], r.device, r.logit_scale)
@@ -86,9 +87,9 @@ def test_elastic_restart_resumes_by_itself(ddp_run, tmp_path):
     "torchrun --max_restarts 1 with no --resume: a killed worker restarts the group, which resumes; same weights as uninterrupted."
     ref, _ = ddp_run
     out = tmp_path/'run'
-    env = dict(ENV, TORCH_DISABLE_SHARE_RDZV_TCP_STORE='1')
+    env = dict(ENV, TORCH_DISABLE_SHARE_RDZV_TCP_STORE='1', **RANK_DUMP, **delay(0.05))
     with open(tmp_path/'log', 'w') as log:
-        p = torchrun(*TINY, '--out', out, '--cfg', '{"debug_rank_dump": true, "step_delay": 0.05}', extra=('--max_restarts', '1'),
+        p = torchrun(*TINY, '--out', out, extra=('--max_restarts', '1'),
                      env=env, popen=True, log=log)
         t = time.time()
         while time.time() - t < 240:

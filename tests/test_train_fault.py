@@ -4,12 +4,12 @@ from dataclasses import replace
 from pathlib import Path
 import pytest, torch
 
-from clitools import ROOT, run, start
+from clitools import ROOT, run, start, delay
 TINY = ['--preset', 'fmnist_lt_tiny', '--device', 'cpu']
 
 def run_cli(*args, timeout=300): return run('ala_train', *args, timeout=timeout)
 
-def start_cli(*args, log): return start('ala_train', *args, log=log)
+def start_cli(*args, log, env=None): return start('ala_train', *args, log=log, env=env)
 
 def ckpt(out): return torch.load(Path(out)/'checkpoint.pt', weights_only=True)
 
@@ -42,7 +42,7 @@ def reference(tmp_path_factory):
 def test_kill9_then_resume_is_bit_identical(reference, tmp_path):
     out = tmp_path/'run'
     with open(tmp_path/'log', 'w') as log:
-        p = start_cli(*TINY, '--out', out, '--cfg', '{"step_delay": 0.05}', log=log)
+        p = start_cli(*TINY, '--out', out, log=log, env=delay(0.05))
         wait_for_epoch(out, 1, p)
         time.sleep(0.3)                                  # into epoch 2 (13 steps of >= 0.05 s)
         os.kill(p.pid, signal.SIGKILL); p.wait()
@@ -58,7 +58,7 @@ def test_kill9_then_resume_is_bit_identical(reference, tmp_path):
 def test_sigterm_saves_mid_epoch_and_resumes_exactly(reference, tmp_path):
     out = tmp_path/'run'
     with open(tmp_path/'log', 'w') as log:
-        p = start_cli(*TINY, '--out', out, '--cfg', '{"step_delay": 0.1}', log=log)
+        p = start_cli(*TINY, '--out', out, log=log, env=delay(0.1))
         wait_for_epoch(out, 1, p)
         time.sleep(0.5)
         p.send_signal(signal.SIGTERM); p.wait(timeout=120)
@@ -92,8 +92,9 @@ def test_truncated_checkpoint_falls_back_to_previous(reference, tmp_path):
 
 def test_non_finite_loss_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     "In-process: a loss that turns NaN in epoch 2 stops the run; the epoch-1 checkpoint stays, nothing else is written."
-    import ala_nb.train as T
-    make = T.make_loss
+    import ala_nb.train as T, ala_nb.build as B
+    from ala_nb.config import get_config
+    make = B.make_loss
     def nan_later(name, counts, **kw):
         lf = make(name, counts, **kw); fwd, n = lf.forward, [0]
         def forward(*a):
@@ -102,8 +103,8 @@ def test_non_finite_loss_keeps_last_good_checkpoint(tmp_path, monkeypatch):
             return l * float('nan') if n[0] > 13 + 3 else l
         lf.forward = forward
         return lf
-    monkeypatch.setattr(T, 'make_loss', nan_later)
-    cfg = T.get_config('fmnist_lt_tiny', out=str(tmp_path/'run'), device='cpu')
+    monkeypatch.setattr(B, 'make_loss', nan_later)   # make_parts builds the loss
+    cfg = get_config('fmnist_lt_tiny', out=str(tmp_path/'run'), device='cpu')
     with pytest.raises(T.NonFiniteLoss, match=r'non-finite training loss in epoch 2, by step 5; .*after epoch 1\), is kept'):
         T.train(cfg)
     st = ckpt(tmp_path/'run')
