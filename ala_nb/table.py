@@ -13,6 +13,7 @@ from typing import Optional
 import numpy as np
 from fastcore.script import Param
 from .cli import call_parse, ends_quietly, EXIT_BAD_INPUT
+from .config import SETTING_KEYS
 from .methods import get_method
 from .runs import (GROUPS, FINAL, CONFIG, RunFolder, load_runs, by_method, method_label, method_slug, read_json,
                          _check_final, _jsonable)
@@ -98,25 +99,34 @@ def eval_rule(e:dict)->str: # e.g. ' + post-hoc LA τ=1 (val split)'; '' for a p
     notes = (['val split'] if e['split'] != 'test' else []) + ([f"epoch {e['epoch']}/{e['epochs']}"] if e['epoch'] < e['epochs'] else [])
     return ''.join(f' + {r}' for r in rules) + (f" ({', '.join(notes)})" if notes else '')
 
+_OWN = ('preset', 'dataset', 'arch', 'epochs')  # setting fields an ala_eval JSON records of its run (its batch_size is evaluation's)
+
 class EvalResult(RunFolder):
     "One `ala_eval` JSON, read as a run of its own: `method` is the run's label plus `eval_rule`."
+    run_final:dict = None   # its run folder's final.json, where found
+    @property
+    def setting(self)->dict: # the run's: its config, then its final.json (or the file's `_OWN` fields), and the counts
+        src = self.run_final if self.run_final is not None else {k: self.final.get(k) for k in _OWN}
+        s = {k: (self.config[k] if k in self.config else src.get(k)) for k in SETTING_KEYS}
+        s['counts'] = list(self.final['counts'])
+        return s
     @property
     def rule(self)->str: return eval_rule(self.final)
     @property
     def method(self): return method_label(self.final['loss'], self.final['drw']) + self.rule
 
-def _run_config(fn:Path, e:dict)->dict:
+def _run_config(fn:Path, e:dict)->tuple: # (config, the run's final.json or None)
     "The setting's source: the file's `config`, else its run folder's config.json (checked against the file), else {}."
-    if e.get('config') is not None: return e['config']
+    if e.get('config') is not None: return e['config'], None
     run = Path(e['run'])
     folder = next((d for d in ([run] if run.is_absolute() else [run, fn.parent/run]) if (d/FINAL).is_file()), None)
-    if folder is None: return {}
+    if folder is None: return {}, None
     f = read_json(folder/FINAL)
     for k in ('seed', 'loss', 'drw', 'counts'):
         if f.get(k) != e[k]:
             raise ValueError(f"{fn}: {k}: {json.dumps(e[k])[:60]}, but its run folder {folder} has {json.dumps(f.get(k))[:60]} "
                              f"({FINAL}): not that run's evaluation")
-    return read_json(folder/CONFIG) if (folder/CONFIG).is_file() else {}
+    return (read_json(folder/CONFIG) if (folder/CONFIG).is_file() else {}), f
 
 def load_eval(fn, # a file written by `ala_eval --json` (stdout) or `--out FILE`
              )->EvalResult:
@@ -125,7 +135,10 @@ def load_eval(fn, # a file written by `ala_eval --json` (stdout) or `--out FILE`
     if not fn.is_file(): raise FileNotFoundError(f"{fn}: no such file")
     e = read_json(fn)
     check_eval(fn, e)
-    return EvalResult(fn, e, _run_config(fn, e))
+    config, run_final = _run_config(fn, e)
+    r = EvalResult(fn, e, config)
+    r.run_final = run_final
+    return r
 
 # %% ../nbs/21_table.ipynb #9d5c2294
 def _method(label:str)->str: return label.split(' [')[0]   # 'CE' of by_method's 'CE [epochs=3]'
