@@ -59,7 +59,7 @@ def test_help_lists_the_registries():
 
 # --- --help: fast, examples last, no torch where it is not needed -------------------------------------------------------
 
-SCRIPTS = ('ala_train', 'ala_sweep', 'ala_figures', 'ala_table', 'ala_cache', 'ala_bench', 'ala_eval')  # all: --help without torch
+SCRIPTS = ('ala_train', 'ala_sweep', 'ala_figures', 'ala_table', 'ala_cache', 'ala_bench', 'ala_eval', 'ala_export')  # all: --help without torch
 
 def test_every_console_script_is_tested():
     import configparser
