@@ -628,6 +628,9 @@ def format_bench(res:dict)->str: # the table `ala_bench` prints
                      f"{t['ours_img_s']:>12.1f}{t['reference_img_s']:>12.1f}{_r(t['ratio']):>9}  ({how}, amp {t['amp']},"
                      f" {t['workers']} workers, {t['data']}" + (f"; loss vs eager fp32 {eq['max_rel_diff']:.1e}" if eq else '') +
                      (f"; goal >= 8x" if key == 'captured' else '') + ")")
+        f = t.get('fp32')
+        if f: lines.append(f"{'  the same, ours in float32':34}{f['ours_img_s']:>12.1f}{f['reference_img_s']:>12.1f}{_r(f['ratio']):>9}"
+                           f"  (amp off, channels_last {f['channels_last']}: loop speed without the precision)")
     ld = res.get('loader')
     if ld:
         lines.append(f"{'loader img/s, b' + str(ld['batch_size']):34}{ld['device_loader_img_s']:>12.0f}"
