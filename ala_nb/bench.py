@@ -313,7 +313,8 @@ def check_equivalence(data:LTData,           # in-memory data, e.g. `bench_data(
             if loop is not None: loop.close()
         _restore_modes(saved)
     rel = max(abs(u - v) / max(abs(u), 1e-12) for u, v in zip(a, b))
-    return dict(eager=a, ours=b, max_rel_diff=rel, eager_tf32=_tf32(seen), device=str(device), compile=compile, amp=amp, step=step, arch=arch,
+    return dict(eager=a, ours=b, max_rel_diff=rel, eager_tf32=torch.device(device).type == 'cuda' and _tf32(seen),
+                eager_matmul_precision=seen[3], eager_cudnn_tf32=seen[2], device=str(device), compile=compile, amp=amp, step=step, arch=arch,
                 batch_size=batch_size, steps=steps)
 
 # %% ../nbs/22_bench.ipynb #2df3d684
