@@ -12,7 +12,8 @@ cap, its own try, and the JSON rewritten atomically after it; the caps sum below
   bench_<part>   `ala_bench --parts <part>`: captured, train, cache, loss, deterministic, loader
   pytest_gpu     the tests marked gpu (`pytest -m gpu`)
   ddp_cudagraphs pytorch#139207 probe, with TORCH_LOGS=cudagraphs,perf_hints (skips logged as perf hints too)
-  notebooks      the notebooks with `#| gpu` cells, through bench/run_notebook.py --flags gpu (nbdev is not there)
+  notebooks      the notebooks with `#| gpu` cells, up to the last one, through bench/run_notebook.py --flags gpu
+                 (nbdev is not there)
 Under $OUT: device_check.json and device_check_logs.tar.gz (every log, the protocol's run folder without
 checkpoints), rewritten after every stage: 2 files. A stage that was not run (out of budget, --skip, needs CUDA)
 never counts as passed. `--cpu`: the CPU-capable parts at tiny sizes (the dry run); GPU-only stages are reported
@@ -280,7 +281,7 @@ def main(argv=None)->int:
     nbs = [n.strip() for n in a.notebooks.split(',')] if a.notebooks else gpu_notebooks()
     flags = '' if cpu else 'gpu'
     script = ('import subprocess, sys\nrc = 0\nfor nb in sys.argv[1:]:\n'
-              f'    r = subprocess.run([sys.executable, {str(ROOT/"bench/run_notebook.py")!r}, "nbs/" + nb, "--flags", {flags!r}])\n'
+              f'    r = subprocess.run([sys.executable, {str(ROOT/"bench/run_notebook.py")!r}, "nbs/" + nb, "--flags", {flags!r}, "--upto", "gpu"])\n'
               '    print(f"NOTEBOOK {nb} rc {r.returncode}", flush=True); rc = rc or r.returncode\nsys.exit(rc)\n')
     def nb_after(r):
         r['notebooks'] = {m.group(1): int(m.group(2)) for m in re.finditer(r'^NOTEBOOK (\S+) rc (-?\d+)$',
