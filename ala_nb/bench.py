@@ -273,6 +273,19 @@ def reference_loop(model, criterion, optimizer, # from `reference_parts`
     return dict(loss=losses / max(n, 1), top1=top1 / max(n, 1), images=n)
 
 # %% ../nbs/22_bench.ipynb #5fbf6852
+def _process_modes()->tuple: # the process-wide switches `deterministic` changes
+    return (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic, torch.backends.cudnn.allow_tf32,
+            torch.get_float32_matmul_precision(), torch.are_deterministic_algorithms_enabled(),
+            torch.is_deterministic_algorithms_warn_only_enabled(), os.environ.get('CUBLAS_WORKSPACE_CONFIG'))
+
+def _restore_modes(m:tuple):
+    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic, torch.backends.cudnn.allow_tf32 = m[:3]
+    torch.set_float32_matmul_precision(m[3]); torch.use_deterministic_algorithms(m[4], warn_only=m[5])
+    if m[6] is None: os.environ.pop('CUBLAS_WORKSPACE_CONFIG', None)
+    else: os.environ['CUBLAS_WORKSPACE_CONFIG'] = m[6]
+
+def _tf32(m:tuple)->bool: return m[2] or m[3] != 'highest'   # TF32 allowed in convolutions or matmuls
+
 def check_equivalence(data:LTData,           # in-memory data, e.g. `bench_data()`
                       device='cpu',          # where both runs train
                       compile:Optional[str]=None, # `torch.compile` mode of the fast path (None: eager)
@@ -283,20 +296,27 @@ def check_equivalence(data:LTData,           # in-memory data, e.g. `bench_data(
                       loss:str='ala',        # loss
                       seed:int=0,            # model init and batches
                       step:str='eager',      # the fast path's step: 'eager' or 'captured'
-                     )->dict:                # eager and ours: per-step losses; max_rel_diff; the setting
-    "Per-step training losses of the eager float32 path and of a fast path, from the same weights on the same batches."
-    cap = step == 'captured'
-    eager = bench_run(data, device, batch_size, arch, loss, compile=None, amp='off', seed=seed, full_batches=not cap)
-    fast = bench_run(data, device, batch_size, arch, loss, compile=compile, amp=amp, seed=seed, step=step,
-                     full_batches=not cap)
-    fast.net.load_state_dict(eager.net.state_dict())
-    e, f = OursLoop(eager, stream=not cap), OursLoop(fast)
-    try:
-        a = [e(1).mean_loss() for _ in range(steps)]
-        b = [f(1).mean_loss() for _ in range(steps)]
-    finally: e.close(); f.close()
+                     )->dict:                # eager and ours: per-step losses; max_rel_diff; eager_tf32 (False: true float32); the setting
+    "Per-step training losses of the eager float32 path (TF32 off) and of a fast path, from the same weights on the same batches."
+    cap, saved, e, f = step == 'captured', _process_modes(), None, None
+    try:                                        # each build sets the process-wide modes (TF32...): each run runs under its own
+        eager = bench_run(data, device, batch_size, arch, loss, compile=None, amp='off', seed=seed, full_batches=not cap)
+        eager_modes = _process_modes()          # float32: no TF32
+        fast = bench_run(data, device, batch_size, arch, loss, compile=compile, amp=amp, seed=seed, step=step,
+                         full_batches=not cap)
+        fast_modes = _process_modes()
+        fast.net.load_state_dict(eager.net.state_dict())
+        e, f = OursLoop(eager, stream=not cap), OursLoop(fast)
+        _restore_modes(eager_modes); a = [e(1).mean_loss() for _ in range(steps)]
+        seen = _process_modes()                 # what the eager steps ran under
+        _restore_modes(fast_modes); b = [f(1).mean_loss() for _ in range(steps)]
+    finally:
+        for loop in (e, f):
+            if loop is not None: loop.close()
+        _restore_modes(saved)
     rel = max(abs(u - v) / max(abs(u), 1e-12) for u, v in zip(a, b))
-    return dict(eager=a, ours=b, max_rel_diff=rel, device=str(device), compile=compile, amp=amp, step=step, arch=arch,
+    return dict(eager=a, ours=b, max_rel_diff=rel, eager_tf32=torch.device(device).type == 'cuda' and _tf32(seen),
+                eager_matmul_precision=seen[3], eager_cudnn_tf32=seen[2], device=str(device), compile=compile, amp=amp, step=step, arch=arch,
                 batch_size=batch_size, steps=steps)
 
 # %% ../nbs/22_bench.ipynb #2df3d684
@@ -417,7 +437,7 @@ def bench_train(device=None,             # 'cpu' or 'cuda' (default: CUDA if ava
         t0 = time.perf_counter()
         for f in (ours_loop, reference): f(max(3, lead)); sync()
         warmup_s = time.perf_counter() - t0
-        rates = dict(ours=[], reference=[])
+        rates, images = dict(ours=[], reference=[]), dict(ours=[], reference=[])
         last = {}
         for r in range(rounds):
             for name in (('ours', 'reference') if r % 2 == 0 else ('reference', 'ours')):
@@ -425,7 +445,9 @@ def bench_train(device=None,             # 'cpu' or 'cuda' (default: CUDA if ava
                 f(lead); sync()
                 t = time.perf_counter()
                 last[name] = f(steps); sync()
-                rates[name].append(steps * batch_size / (time.perf_counter() - t))
+                dt = time.perf_counter() - t            # images really trained: an epoch's last batch may be short
+                n = int(last[name].n.item()) if name == 'ours' else last[name]['images']
+                rates[name].append(n / dt); images[name].append(n)
         used_threads = torch.get_num_threads()
     finally:
         if stream is not None: stream.close()      # the DataLoader's workers stop when it is dropped, on return
@@ -435,6 +457,7 @@ def bench_train(device=None,             # 'cpu' or 'cuda' (default: CUDA if ava
     return dict(ours_img_s=round(statistics.median(o), 1), reference_img_s=round(statistics.median(rf), 1),
                 ratio=round(statistics.median(a / b for a, b in zip(o, rf)), 3),
                 ours_rounds=[round(v, 1) for v in o], reference_rounds=[round(v, 1) for v in rf],
+                ours_images=images['ours'], reference_images=images['reference'],
                 ours_loss=last['ours'].mean_loss(), reference_loss=last['reference']['loss'], warmup_s=round(warmup_s, 1),
                 device=str(dev), device_name=device_name(dev), data=d.name, arch=arch, loss=loss, batch_size=batch_size,
                 steps=steps, rounds=rounds, step=step, captured=bool(run.cstep is not None and run.cstep.capture),
@@ -461,17 +484,6 @@ def bench_e2e(preset:str='fmnist_lt',  # a key of `train.PRESETS`
                 train_images_per_s=res['train_images_per_s'], top1=res['top1']['all'], threads=cfg.threads)
 
 # %% ../nbs/22_bench.ipynb #ee5c4a85
-def _process_modes()->tuple: # the process-wide switches `deterministic` changes
-    return (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic, torch.backends.cudnn.allow_tf32,
-            torch.get_float32_matmul_precision(), torch.are_deterministic_algorithms_enabled(),
-            torch.is_deterministic_algorithms_warn_only_enabled(), os.environ.get('CUBLAS_WORKSPACE_CONFIG'))
-
-def _restore_modes(m:tuple):
-    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic, torch.backends.cudnn.allow_tf32 = m[:3]
-    torch.set_float32_matmul_precision(m[3]); torch.use_deterministic_algorithms(m[4], warn_only=m[5])
-    if m[6] is None: os.environ.pop('CUBLAS_WORKSPACE_CONFIG', None)
-    else: os.environ['CUBLAS_WORKSPACE_CONFIG'] = m[6]
-
 def bench_deterministic(device=None,           # 'cpu' or 'cuda' (default: CUDA if available)
                         batch_size:int=128,    # images per step
                         steps:Optional[int]=None, # timed steps of each (default: 100 on CUDA, 4 on the CPU)
@@ -620,6 +632,9 @@ def format_bench(res:dict)->str: # the table `ala_bench` prints
                      f"{t['ours_img_s']:>12.1f}{t['reference_img_s']:>12.1f}{_r(t['ratio']):>9}  ({how}, amp {t['amp']},"
                      f" {t['workers']} workers, {t['data']}" + (f"; loss vs eager fp32 {eq['max_rel_diff']:.1e}" if eq else '') +
                      (f"; goal >= 8x" if key == 'captured' else '') + ")")
+        f = t.get('fp32')
+        if f: lines.append(f"{'  the same, ours in float32':34}{f['ours_img_s']:>12.1f}{f['reference_img_s']:>12.1f}{_r(f['ratio']):>9}"
+                           f"  (amp off, channels_last {f['channels_last']}: loop speed without the precision)")
     ld = res.get('loader')
     if ld:
         lines.append(f"{'loader img/s, b' + str(ld['batch_size']):34}{ld['device_loader_img_s']:>12.0f}"

@@ -55,7 +55,7 @@ def ala_bench(device:Choice('device', ('cpu', 'cuda'))=None, # where to time (de
     for k, v in dict(steps=steps, rounds=rounds, batch_size=batch_size, cache_images=cache_images, cache_batch=cache_batch,
                      cache_workers=cache_workers).items():
         if v is not None and v < 1: _fail(f"--{k} must be >= 1, got {v}")
-    import torch
+    import torch, traceback
     from ala_nb.models import create_model
     from ala_nb.bench import (LOSS_SIZES, bench_data, bench_loss, bench_train, bench_loader, bench_deterministic, bench_e2e, bench_cache,
                               check_equivalence, device_name, format_bench, compile_mode, write_new)
@@ -69,48 +69,72 @@ def ala_bench(device:Choice('device', ('cpu', 'cuda'))=None, # where to time (de
     workers = (4 if cuda else 1) if workers is None else workers
     say = lambda s: print(f"ala_bench: {s}", file=sys.stderr, flush=True)
     res = dict(meta=dict(device=str(dev), device_name=device_name(dev), torch=torch.__version__, threads=torch.get_num_threads(),
-                         argv=sys.argv[1:], started=datetime.datetime.now().astimezone().isoformat(timespec='seconds')),
+                         argv=sys.argv[1:], started=datetime.datetime.now().astimezone().isoformat(timespec='seconds'),
+                         parts=chosen + (['e2e'] if e2e else []), done=[], errors={}),
                loss=None, train=None, captured=None, loader=None, cache=None, deterministic=None, e2e=None)
-    try:
-        d = bench_data(data) if {'train', 'captured', 'loader', 'deterministic'} & set(chosen) else None
-        if 'loss' in chosen:
-            res['loss'] = []
-            for B, C in LOSS_SIZES:
-                say(f"loss {B}x{C}")
-                for mode in dict.fromkeys((None, compile_mode(compile, dev))):   # eager, and our loop's mode
-                    res['loss'].append(bench_loss(B, C, dev, iters=10 if B * C > 10**6 else 50, repeats=2 * rounds + 1,
-                                                  compile=mode))
-        if 'train' in chosen:
-            say(f"training loops, {arch} batch {batch_size} on {dev}")
-            res['train'] = bench_train(dev, batch_size, steps, rounds, d, arch, 'ala', compile, amp, workers)
-        if 'captured' in chosen:
-            say(f"training loops, captured step, {arch} batch {batch_size} on {dev}")
-            res['captured'] = bench_train(dev, batch_size, steps, rounds, d, arch, 'ala', None, amp, workers, step='captured')
-            fast_amp = amp if amp != 'auto' else ('bf16' if cuda else 'off')
-            eq = check_equivalence(d, dev, amp=fast_amp, steps=5 if cuda else 2, arch=arch, batch_size=batch_size,
-                                   step='captured')
-            tol = 2e-2 if fast_amp == 'bf16' else (1e-5 if cuda else 0.)
-            res['captured']['equivalence'] = dict(eq, tolerance=tol, ok=eq['max_rel_diff'] <= tol)
-        if 'loader' in chosen:
-            say("loaders")
-            res['loader'] = bench_loader(d, batch_size, epochs=3, trials=rounds, device=dev, num_workers=workers)
-        if 'cache' in chosen:
-            say(f"cache vs synthetic vs DataLoader, {cache_arch}")
-            res['cache'] = bench_cache(n_images=cache_images or (2048 if cuda else 16), image_hw=(375, 500) if cuda else (75, 100),
-                                       batch_size=cache_batch or (256 if cuda else 4), steps=30 if cuda else 2,
-                                       warmup=5 if cuda else 1, device=dev.type, model=create_model(cache_arch, 1000, normed=False),
-                                       num_classes=1000, workers=cache_workers)
-            res['cache']['model'] = cache_arch
-        if 'deterministic' in chosen:
-            say("deterministic vs default")
-            res['deterministic'] = bench_deterministic(dev, batch_size, None if steps is None else steps, d, arch)
-        if e2e:
-            say("end to end: fmnist_lt default run")
-            res['e2e'] = bench_e2e('fmnist_lt', 'cuda' if cuda else 'cpu', threads=threads)
-    except (ValueError, FileNotFoundError) as e:
-        _fail(' '.join(str(e).split()) or type(e).__name__)
-    res['meta']['finished'] = datetime.datetime.now().astimezone().isoformat(timespec='seconds')
+    written = []
+    def save():                          # after every part, atomically: a kill or a failed part keeps the others
+        res['meta']['finished'] = datetime.datetime.now().astimezone().isoformat(timespec='seconds')
+        try: write_new(out, res, overwrite or bool(written))
+        except FileExistsError: _fail(f"{out} appeared while benchmarking; results not written (pass --overwrite)")
+        written.append(True)
+    save()
+    loaded = {}
+    def d():                             # the training loops' data, loaded by the first part that needs it
+        if 'd' not in loaded: loaded['d'] = bench_data(data)
+        return loaded['d']
+    fast_amp = amp if amp != 'auto' else ('bf16' if cuda else 'off')
+    def fp32(key, **kw):                 # ours in float32 too, so that loop speed and precision separate
+        if fast_amp != 'off':
+            say(f"  {key} again in float32 (amp off)")
+            res[key]['fp32'] = bench_train(dev, batch_size, steps, rounds, d(), arch, 'ala', amp='off', workers=workers, **kw)
+    def loss_part():
+        res['loss'] = []
+        for B, C in LOSS_SIZES:
+            say(f"loss {B}x{C}")
+            for mode in dict.fromkeys((None, compile_mode(compile, dev))):   # eager, and our loop's mode
+                res['loss'].append(bench_loss(B, C, dev, iters=10 if B * C > 10**6 else 50, repeats=2 * rounds + 1,
+                                              compile=mode))
+    def train_part():
+        say(f"training loops, {arch} batch {batch_size} on {dev}")
+        res['train'] = bench_train(dev, batch_size, steps, rounds, d(), arch, 'ala', compile, amp, workers)
+        fp32('train', compile=compile)
+    def captured_part():
+        say(f"training loops, captured step, {arch} batch {batch_size} on {dev}")
+        res['captured'] = bench_train(dev, batch_size, steps, rounds, d(), arch, 'ala', None, amp, workers, step='captured')
+        eq = check_equivalence(d(), dev, amp=fast_amp, steps=5 if cuda else 2, arch=arch, batch_size=batch_size,
+                               step='captured')
+        tol = 2e-2 if fast_amp == 'bf16' else (1e-5 if cuda else 0.)
+        res['captured']['equivalence'] = dict(eq, tolerance=tol, ok=eq['max_rel_diff'] <= tol and not eq['eager_tf32'])
+        fp32('captured', compile=None, step='captured')
+    def loader_part():
+        say("loaders")
+        res['loader'] = bench_loader(d(), batch_size, epochs=3, trials=rounds, device=dev, num_workers=workers)
+    def cache_part():
+        say(f"cache vs synthetic vs DataLoader, {cache_arch}")
+        res['cache'] = bench_cache(n_images=cache_images or (2048 if cuda else 16), image_hw=(375, 500) if cuda else (75, 100),
+                                   batch_size=cache_batch or (256 if cuda else 4), steps=30 if cuda else 2,
+                                   warmup=5 if cuda else 1, device=dev.type, model=create_model(cache_arch, 1000, normed=False),
+                                   num_classes=1000, workers=cache_workers)
+        res['cache']['model'] = cache_arch
+    def deterministic_part():
+        say("deterministic vs default")
+        res['deterministic'] = bench_deterministic(dev, batch_size, None if steps is None else steps, d(), arch)
+    def e2e_part():
+        say("end to end: fmnist_lt default run")
+        res['e2e'] = bench_e2e('fmnist_lt', 'cuda' if cuda else 'cpu', threads=threads)
+    run = dict(loss=loss_part, train=train_part, captured=captured_part, loader=loader_part, cache=cache_part,
+               deterministic=deterministic_part, e2e=e2e_part)
+    for part in res['meta']['parts']:    # each part on its own: one that fails is recorded, the next one runs
+        try: run[part]()
+        except Exception as e:
+            res['meta']['errors'][part] = f"{type(e).__name__}: {' '.join(str(e).split())}"[:2000]
+            traceback.print_exc()
+        else: res['meta']['done'].append(part)
+        save()
     print(format_bench(res))
-    try: write_new(out, res, overwrite)
-    except FileExistsError: _fail(f"{out} appeared while benchmarking; results not written (pass --overwrite)")
     say(f"wrote {out}")
+    errs = res['meta']['errors']
+    for part, msg in errs.items(): print(f"ala_bench: error: part {part}: {msg}", file=sys.stderr)
+    if errs: sys.exit(EXIT_BAD_INPUT if any(m.startswith(('ValueError', 'FileNotFoundError', 'NotADirectoryError'))
+                                            for m in errs.values()) else 1)

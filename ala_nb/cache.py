@@ -5,11 +5,11 @@
 # %% auto #0
 __all__ = ['CACHE_FORMAT', 'resized_size', 'slot_width', 'decode_rgb', 'store_image', 'CacheError', 'split_digest',
            'split_num_classes', 'thread_map', 'build_cache', 'SplitCache', 'open_cache', 'random_resized_crop_boxes',
-           'center_crop_boxes', 'jitter_params', 'color_jitter', 'crop_batch', 'CacheLoader', 'CacheDataset',
-           'CachedLTData', 'cached_lt_data']
+           'center_crop_boxes', 'jitter_params', 'color_jitter', 'crop_batch', 'auto_storage', 'CacheLoader',
+           'CacheDataset', 'CachedLTData', 'cached_lt_data']
 
 # %% ../nbs/05a_cache.ipynb #92905c02
-import concurrent.futures as cf, hashlib, json, math, os, shutil, sys, tempfile, time
+import concurrent.futures as cf, hashlib, json, math, os, shutil, sys, tempfile, time, weakref
 from dataclasses import dataclass
 from pathlib import Path
 import numpy as np, torch
@@ -365,6 +365,25 @@ def crop_batch(x:torch.Tensor,            # (B, 3, S, L) uint8 slots
     m, s = (torch.as_tensor(v, dtype=torch.float32).to(dev).view(1, 3, 1, 1) for v in (mean, std))
     return out.sub_(m).div_(s)
 
+# %% ../nbs/05a_cache.ipynb #45fa5310
+_AUTO = {}   # device -> {cache: nbytes} of the caches `auto_storage` put there (weakly held)
+
+def auto_storage(cache:SplitCache,  # the cache a loader asks about
+                 device,            # where the loader makes its batches
+                 share:float=0.5,   # of the GPU memory free before the first 'auto' cache was copied
+                )->str:             # 'device' or 'host'
+    "Where `CacheLoader(storage='auto')` keeps `cache`: on the GPU if it fits there together with every cache already put there this way."
+    device = _concrete(device)
+    if device.type != 'cuda': return 'host'
+    claims = _AUTO.setdefault(device, weakref.WeakKeyDictionary())
+    if device in cache._on or cache in claims: return 'device'      # already there (or promised): no more memory
+    copied = sum(n for c, n in claims.items() if device in c._on)    # already out of the free memory
+    promised = sum(n for c, n in claims.items() if device not in c._on)
+    budget = (torch.cuda.mem_get_info(device)[0] + copied) * share
+    if copied + promised + cache.nbytes > budget: return 'host'
+    claims[cache] = cache.nbytes
+    return 'device'
+
 # %% ../nbs/05a_cache.ipynb #804878a4
 class CacheLoader:
     "Batches of a `SplitCache`: RandomResizedCrop + flip + ColorJitter (training) or Resize + CenterCrop (evaluation), made on the device."
@@ -387,7 +406,7 @@ class CacheLoader:
                  eval_resize:int=256,           # evaluation: Resize(eval_resize) + CenterCrop(out_size)
                  mean:tuple=IMAGENET_MEAN,      # per-channel mean in [0, 1] units
                  std:tuple=IMAGENET_STD,        # per-channel std
-                 storage:str='auto'):           # 'device', 'host' or 'auto' (device if the cache takes <= 1/2 of free GPU memory)
+                 storage:str='auto'):           # 'device', 'host' or 'auto' (`auto_storage`: device if it fits with the other caches in 1/2 of free GPU memory)
         if not 0 <= rank < world_size: raise ValueError(f"rank {rank} out of range for world_size {world_size}")
         if batch_size < 1: raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if storage not in ('auto', 'device', 'host'): raise ValueError(f"unknown storage {storage!r}; choose 'auto', 'device' or 'host'")
@@ -404,11 +423,12 @@ class CacheLoader:
         self.num_samples = len(sampler) if sampler is not None else math.ceil(self.n / world_size)
         cuda = self.device.type == 'cuda'
         if storage == 'auto':
-            storage = 'device' if cuda and (self.device in cache._on or cache.nbytes <= torch.cuda.mem_get_info(self.device)[0] / 2) else 'host'
+            storage = auto_storage(cache, self.device)
         self.storage = storage if cuda else 'host'
         self.labels = cache.labels.to(self.device)
         self._norm = tuple(torch.tensor(v, dtype=torch.float32, device=self.device) for v in (mean, std))  # no copy per batch
         self._bufs, self._events = None, [None, None]   # pinned slots and the copies last made from them
+        self._copy = None                               # the side stream of the host-to-device copies
 
     def set_epoch(self, epoch:int): self.epoch = epoch
     def __len__(self):
@@ -438,6 +458,7 @@ class CacheLoader:
         if self._bufs is None:
             self._bufs = [torch.empty((B, *src.shape[1:]), dtype=torch.uint8, pin_memory=True) for _ in range(2)]
         events = self._events
+        if self._copy is None: self._copy = torch.cuda.Stream(self.device)
         def fill(k, s):
             r = rows_cpu[s:s + B]
             if events[k % 2] is not None: events[k % 2].synchronize()
@@ -449,8 +470,12 @@ class CacheLoader:
             for k in range(len(starts)):
                 buf = fut.result()
                 if k + 1 < len(starts): fut = ex.submit(fill, k + 1, starts[k + 1])
-                x = buf.to(self.device, non_blocking=True)
-                events[k % 2] = torch.cuda.Event(); events[k % 2].record()
+                compute = torch.cuda.current_stream(self.device)
+                with torch.cuda.stream(self._copy):                   # the copy overlaps the step still running
+                    x = buf.to(self.device, non_blocking=True)
+                    events[k % 2] = torch.cuda.Event(); events[k % 2].record(self._copy)   # buffer free again
+                compute.wait_event(events[k % 2])                     # the step that uses `x` waits for its copy
+                x.record_stream(compute)                              # `x`'s memory is not reused while the step reads it
                 yield x
 
     def batches(self, start:int=0): # yields (x (B, 3, out, out) float32, y (B,) int64) on the device

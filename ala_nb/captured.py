@@ -156,7 +156,7 @@ def _capture(self:CapturedStep):
         self.opt.zero_grad(set_to_none=True)                          # gradients: allocated by the graph itself
         graph = torch.cuda.CUDAGraph()
         try:
-            with torch.cuda.graph(graph): loss = self._body(b)
+            with torch.cuda.graph(graph, capture_error_mode='thread_local'): loss = self._body(b)  # other threads' CUDA calls (a loader's) stay legal
         except Exception as e:
             raise RuntimeError(f"CapturedStep: capturing the step (batch of {b}) into a CUDA graph failed: {e} — "
                                "the same step runs uncaptured with capture=False") from e

@@ -8,7 +8,7 @@ each variant:
 - `no_optimize_ddp`  DDP with `torch._dynamo.config.optimize_ddp = False` (one graph, no bucket split).
 
 For each: the CUDA-graph skips counted by torch (`ala_nb.train.cudagraph_skips`, what `train` reads to warn) and
-images/s. Run with TORCH_LOGS=cudagraphs to have the reasons in the log; each variant's lines follow its
+images/s. Run with TORCH_LOGS=cudagraphs,perf_hints to have the reasons in the log; each variant's lines follow its
 `=== variant NAME ===` marker (`bench/device_check.py` counts them). Writes --out JSON."""
 import argparse, json, os, socket, sys, time
 import torch, torch.nn.functional as F, torch.distributed as dist
@@ -58,12 +58,20 @@ def main():
     os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port), RANK='0', WORLD_SIZE='1', LOCAL_RANK='0')
     torch.cuda.set_device(0)
     dist.init_process_group('nccl', rank=0, world_size=1, device_id=torch.device('cuda', 0))
-    try: res = [probe(v, a.steps) for v in a.variants.split(',')]
+    res = []
+    def save():                                           # after every variant, atomically: a kill keeps what ran
+        out = dict(torch=torch.__version__, device_name=torch.cuda.get_device_name(0), world_size=1, variants=res,
+                   done=len(res) == len(a.variants.split(',')),
+                   note="one rank: DDP's wrapping and DDPOptimizer's split happen as with several; what a second rank adds "
+                        "(the all-reduce itself) is outside the graphs either way")
+        tmp = f'{a.out}.{os.getpid()}.tmp'
+        with open(tmp, 'w') as f: json.dump(out, f, indent=1); f.flush(); os.fsync(f.fileno())
+        os.replace(tmp, a.out)
+        return out
+    out = save()
+    try:
+        for v in a.variants.split(','): res.append(probe(v, a.steps)); out = save()
     finally: dist.destroy_process_group()
-    out = dict(torch=torch.__version__, device_name=torch.cuda.get_device_name(0), world_size=1, variants=res,
-               note="one rank: DDP's wrapping and DDPOptimizer's split happen as with several; what a second rank adds "
-                    "(the all-reduce itself) is outside the graphs either way")
-    with open(a.out, 'w') as f: json.dump(out, f, indent=1)
     print(json.dumps(out, indent=1))
 
 if __name__ == '__main__': main()

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# The device check of ala_nb: every GPU check in one go (<= 8 minutes on one GPU), one JSON out.
-#   bash bench/device_check.sh                 # on a GPU machine: writes $OUT/device_check.json (else ./device_check.json)
-#   bash bench/device_check.sh --cpu           # its CPU-capable parts at tiny sizes, on any machine (a few minutes)
-#   bash bench/device_check.sh --out FILE      # the JSON elsewhere; --budget SECONDS; --skip notebooks,protocol,...
-# Fashion-MNIST must be where ala_nb finds it (Debian's dataset-fashion-mnist, or ALA_DATA=folder).
+# The device check of ala_nb: every GPU figure in one go (<= 8 minutes on one H100), one JSON out.
+#   bash bench/device_prepare.sh               # first, where there is a network: fills .device/ (carry it)
+#   OUT=<folder> bash bench/device_check.sh    # on the GPU node: $OUT/device_check.json + device_check_logs.tar.gz
+#   OUT=<folder> bash bench/device_check.sh --cpu   # the dry run: CPU-capable parts at tiny sizes, anywhere
+# Options: --budget SECONDS, --skip STAGES, --notebooks LIST. Python: $PYTHON, else python3 on PATH.
 # What each stage does: bench/device_check.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."

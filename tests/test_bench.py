@@ -94,3 +94,26 @@ def test_cuda_asked_without_cuda(tmp_path):
     if torch.cuda.is_available(): pytest.skip('CUDA is available here')
     p = run_cli('--device', 'cuda', '--out', tmp_path/'b.json', timeout=120)
     assert p.returncode == 2 and 'CUDA is not available' in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+
+
+def test_device_check_dry_run(tmp_path):
+    "bench/device_check.sh --cpu (the notebooks left out): one JSON and one log archive under OUT, every stage's status."
+    import tarfile
+    out = tmp_path/'out'
+    env = dict(os.environ, OUT=str(out), PYTHON=sys.executable, OMP_NUM_THREADS='1')
+    p = subprocess.run(['bash', str(ROOT/'bench/device_check.sh'), '--cpu', '--skip', 'notebooks'], capture_output=True,
+                       text=True, env=env, timeout=900)
+    files = sorted(f.name for f in out.rglob('*') if f.is_file())
+    assert files == ['device_check.json', 'device_check_logs.tar.gz'], files          # at most 8 come back
+    res = json.loads((out/'device_check.json').read_text())
+    st = res['summary']['stages']
+    assert res['meta']['mode'] == 'cpu' and res['summary']['torch'] and res['summary']['device_name'] == 'cpu'
+    assert list(st) == res['meta']['stages'], st                                       # every stage reported, in order
+    assert st['ddp_cudagraphs'] == st['pytest_gpu'] == 'needs CUDA', st
+    assert st['notebooks'] == 'not run (--skip)' and res['summary']['ok'] is False and p.returncode == 1   # skipped != passed
+    assert all(v == 'ok' for k, v in st.items() if k not in ('ddp_cudagraphs', 'pytest_gpu', 'notebooks')), st
+    assert res['stages']['protocol']['final']['preset'] == 'fmnist_lt_cifar'
+    assert res['summary']['captured']['equivalence']['ok'] and res['summary']['deterministic']['reproducible']
+    with tarfile.open(out/'device_check_logs.tar.gz') as t: names = t.getnames()
+    assert {'preflight.log', 'protocol.log', 'bench_captured.log', 'pytest_gpu.log'} <= set(names), names
+    assert not any(n.endswith('.pt') for n in names)

@@ -12,7 +12,8 @@ from ala_nb.captured import CapturedStep
 from ala_nb.bench import bench_step
 from ala_nb.build import make_parts
 
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
+def cuda(f): # a GPU test: marked gpu (`pytest -m gpu`), skipped without CUDA
+    return pytest.mark.gpu(pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')(f))
 CFG = get_config('cifar10_lt', arch='resnet8', epochs=3, batch_size=16, lr=0.05, warmup_epochs=1,
                  lr_steps=((2, 0.1),), drw_epoch=2)   # epoch 0 warm-up, 1 plateau, 2 lr step + DRW
 
@@ -297,3 +298,60 @@ def test_gpu_epochstats_on_cuda():
 def test_gpu_bench_step():
     r = bench_step('resnet8', batch_size=32, steps=20, warmup_steps=5, counts=[200, 100, 50, 20])
     assert r['device'].startswith('cuda') and r['amp'] == 'bf16' and r['loss_max_rel_diff'] < 3e-2
+
+
+# ---------------------------------------------------------------- deterministic + captured, captured resume through train()
+def test_deterministic_captured_step_cpu():
+    "`deterministic` with the captured step (uncaptured on the CPU): two runs repeat to the bit."
+    from ala_nb.bench import bench_data, bench_deterministic
+    d = bench_deterministic('cpu', batch_size=16, steps=2, data=bench_data('standin', n_max=50, imb_factor=10),
+                            arch='resnet8', step='captured', check_steps=3)
+    assert d['step'] == 'captured' and d['reproducible'] and len(d['losses']) == 3 and d['losses'] == d['repeat_losses']
+
+
+@cuda
+def test_gpu_deterministic_captured_step():
+    "On CUDA: the captured step (one CUDA graph) under `deterministic` repeats to the bit."
+    from ala_nb.bench import bench_data, bench_deterministic
+    d = bench_deterministic('cuda', batch_size=32, steps=5, data=bench_data('standin', n_max=200, imb_factor=10),
+                            arch='resnet8', step='captured', check_steps=4)
+    assert d['step'] == 'captured' and d['reproducible'], d
+
+
+def _train_cli(out, *args, env=None, **kw):
+    import os, subprocess, sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    e = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root)] + ([os.environ['PYTHONPATH']] if os.environ.get('PYTHONPATH') else [])),
+             PYTHONUNBUFFERED='1', **(env or {}))
+    cmd = [sys.executable, '-m', 'ala_nb.train_cli', '--preset', 'fmnist_lt_tiny', '--device', 'cuda', '--out', str(out),
+           '--cfg', '{"step": "captured", "deterministic": true}', *args]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=e, cwd=root, **kw)
+
+
+@cuda
+def test_gpu_captured_resume_through_train(tmp_path):
+    "A captured, deterministic CUDA run stopped by SIGTERM mid-epoch and resumed through `train()` ends as the uninterrupted one."
+    import json, signal, time
+    full = _train_cli(tmp_path/'full'); out_full = full.communicate(timeout=300)[0]
+    assert full.returncode == 0, out_full
+    p = _train_cli(tmp_path/'cut', env=dict(ALA_TEST_STEP_DELAY='0.05'))
+    t = time.time()
+    while time.time() - t < 240:                       # until the checkpoint after epoch 1 is on disk
+        assert p.poll() is None, p.stdout.read()
+        try:
+            if torch.load(tmp_path/'cut'/'checkpoint.pt', weights_only=True)['epoch'] >= 1: break
+        except Exception: pass
+        time.sleep(0.05)
+    time.sleep(0.3)                                    # a few steps into epoch 2
+    p.send_signal(signal.SIGTERM); text = p.communicate(timeout=120)[0]
+    assert p.returncode == 0 and 'preempted (SIGTERM)' in text, text
+    st = torch.load(tmp_path/'cut'/'checkpoint.pt', weights_only=True)
+    assert st['epoch'] >= 1 and st['step'] > 0, (st['epoch'], st['step'])
+    r = _train_cli(tmp_path/'cut', '--resume'); text = r.communicate(timeout=300)[0]
+    assert r.returncode == 0, text
+    a = torch.load(tmp_path/'full'/'checkpoint.pt', weights_only=True)['model']
+    b = torch.load(tmp_path/'cut'/'checkpoint.pt', weights_only=True)['model']
+    for k in a: assert torch.equal(a[k], b[k]), f'{k} differs'
+    fa, fb = (json.loads((tmp_path/n/'final.json').read_text()) for n in ('full', 'cut'))
+    assert fa['top1'] == fb['top1']
