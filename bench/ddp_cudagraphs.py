@@ -7,14 +7,14 @@ each variant:
 - `no_broadcast`     DDP with `broadcast_buffers=False` (BatchNorm buffers not re-broadcast before every forward);
 - `no_optimize_ddp`  DDP with `torch._dynamo.config.optimize_ddp = False` (one graph, no bucket split).
 
-For each: the CUDA-graph skips counted by torch (`ala_nb.train.cudagraph_skips`, what `train` reads to warn) and
+For each: the CUDA-graph skips counted by torch (`ala_nb.build.cudagraph_skips`, what `train` reads to warn) and
 images/s. Run with TORCH_LOGS=cudagraphs,perf_hints to have the reasons in the log; each variant's lines follow its
 `=== variant NAME ===` marker (`bench/device_check.py` counts them). Writes --out JSON."""
 import argparse, json, os, socket, sys, time
 import torch, torch.nn.functional as F, torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from ala_nb.models import create_model
-from ala_nb.train import cudagraph_skips
+from ala_nb.build import cudagraph_skips
 
 VARIANTS = ('no_ddp', 'ddp', 'no_broadcast', 'no_optimize_ddp')
 
