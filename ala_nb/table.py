@@ -229,8 +229,7 @@ def _dumps(obj)->str: return json.dumps(obj, indent=1, allow_nan=False)
 @call_parse(examples=(
     "ala_table runs/  # a folder of run folders: Markdown, in percent",
     "ala_table runs/ce-seed* runs/ala-seed* --csv > t.csv  # chosen runs, as CSV (fractions)",
-    "ala_table runs/ --json --baseline ce  # paired differences from CE instead of LDAM-DRW (fractions)",
-    "ala_table runs/ ce_la.json --baseline ldam  # with ala_eval --json --out outputs as rows of their own"))
+    "ala_table runs/ ce_la.json --json --baseline ce  # with ala_eval outputs as rows; paired differences from CE (fractions)"))
 def ala_table(run_dirs:Param("run folders written by ala_train, JSON files written by ala_eval --json/--out, or folders holding either", str, nargs='+'),
               markdown:bool=False,  # Markdown tables, top-1 in percent (the default)
               csv:bool=False,       # CSV, one line per (table, method, shot group), top-1 as fractions
