@@ -126,7 +126,7 @@ def test_fig1_error_bars_and_annotations():
 
 # --- issue 17: every file checked before anything is drawn; a refused command leaves nothing behind -------------------------
 import io, zipfile
-from ala_nb.runs import toy_run
+from ala_nb.testing import toy_run
 
 def _npz(**arrays)->bytes:
     b = io.BytesIO(); np.savez(b, **arrays); return b.getvalue()

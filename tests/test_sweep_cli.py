@@ -42,7 +42,8 @@ def test_own_train_and_same_value_folders(tmp_path):
     assert p.returncode == 2 and 'imb_factor: folder 32, sweep 16.0' in p.stderr, p.stderr
 
 def test_sweep_mismatch_compares_values(tmp_path):
-    from ala_nb.runs import toy_run, read_json, CONFIG
+    from ala_nb.runs import read_json, CONFIG
+    from ala_nb.testing import toy_run
     toy_run(tmp_path/'r', [.5] * 4, preset='fmnist_lt_tiny')
     c = read_json(tmp_path/'r'/CONFIG)
     assert study.sweep_mismatch(tmp_path/'r', dict(c, imb_factor=None)) == []
