@@ -7,7 +7,7 @@ __all__ = ['AUTHORS_FIRST_EPOCHS', 'STAGE_HEADS', 'recipe', 'stage_epochs', 'fir
            'ScaledHead', 'CalibratedHead', 'StageNet', 'split_classifier', 'grw_weights', 'stage_parts', 'stage_config',
            'BalancedDeviceLoader', 'build_stage_run']
 
-# %% ../nbs/04e_second_stage.ipynb #d85c3820
+# %% ../nbs/04e_second_stage.ipynb #16b36d75
 import math, random
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -17,7 +17,7 @@ from .methods import METHODS, method_names
 from .models import create_model
 from .losses import CrossEntropyLoss
 from .data import DeviceLoader, ClassAwareSampler
-from .config import TrainConfig, CLI_ONLY, load_config
+from .config import TrainConfig, CLI_ONLY, SPLIT_DATASET_NAMES, load_config
 from .runs import CONFIG, FINAL, CKPT, read_json
 from .checkpoint import read_checkpoint, state_digest
 from .build import Parts, build_run
@@ -165,7 +165,7 @@ def stage_parts(cfg:TrainConfig, # a pinned second stage's config (`pin_first_st
                           nesterov=cfg.nesterov)
     return Parts(model, loss, opt)
 
-# %% ../nbs/04e_second_stage.ipynb #e7a834a1
+# %% ../nbs/04e_second_stage.ipynb #62594784
 def stage_config(first_stage:str=None, # a finished run folder
                  loss:str=None,        # the second stage (`method_names('second_stage')`)
                  **given,              # TrainConfig fields that override the recipe
@@ -181,7 +181,8 @@ def stage_config(first_stage:str=None, # a finished run folder
     authors = dict(epochs=epochs, batch_size=B, lr=r['lr'] * B / r['batch'], momentum=0.9, weight_decay=r['weight_decay'],
                    nesterov=False, warmup_epochs=0., schedule='cosine', lr_steps=(), drw=False, drw_epoch=epochs,
                    sampler=r['sampler'], loss_kw={} if r.get('rho') is None else dict(rho=r['rho']), normed=None,
-                   pretrained=None, step='eager', compile=None)
+                   pretrained=None, step='eager', compile=None,
+                   num_workers=first.num_workers if first.dataset in SPLIT_DATASET_NAMES else 0)  # in memory: batches on the device
     kept = {k: v for k, v in asdict(first).items() if k not in CLI_ONLY}
     return TrainConfig(**{**kept, **authors, **given, 'loss': loss, 'first_stage': str(first_stage)})
 
