@@ -251,6 +251,7 @@ def cudagraph_skips()->int: # times inductor skipped CUDA graphs in this process
 def build_run(cfg:TrainConfig, # a validated config
               data=None,       # an `LTData` to use instead of `load_data(cfg)` (benchmarks, tests)
               steps_per_epoch:Optional[int]=None, # train this many steps an epoch (benchmarks); None: the whole loader
+              make=make_parts, # (cfg, counts, device) -> `Parts`: `make_parts`, or a second stage's (`second_stage.stage_parts`)
              )->Run:           # data, model, loss, optimizer, scheduler and loaders, ready to train
     "Build everything `cfg` describes, for this process's rank of the current process group (if any)."
     validate_config(cfg)
@@ -264,7 +265,7 @@ def build_run(cfg:TrainConfig, # a validated config
     if data.in_chans != dataset_channels(cfg.dataset):
         raise ValueError(f"the data has {data.in_chans}-channel images, data set {cfg.dataset!r} {dataset_channels(cfg.dataset)}")
     C, counts = data.num_classes, list(data.counts)
-    parts = make_parts(cfg, counts, device)
+    parts = make(cfg, counts, device)
     net, cuda = parts.model, device.type == 'cuda'
     model = DDP(net, device_ids=[device.index] if cuda else None) if world > 1 else net
     if cfg.compile: model = torch.compile(model, mode=cfg.compile)

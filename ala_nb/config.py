@@ -89,6 +89,8 @@ class TrainConfig:
     dataset:str=_f('fmnist_lt', 'setting')               # data set (`data.DATASETS`)
     arch:str=_f('resnet8', 'setting')                    # backbone (`models.ARCHS`, or timm/<name> with the timm extra)
     loss:str='ala'                                       # the method and its loss (`methods.METHODS`)
+    first_stage:Optional[str]=None                       # a second stage (cRT, LWS, DisAlign): the finished run folder whose model it starts from
+    first_stage_sha256:Optional[str]=None                # a second stage: SHA-256 of its first stage's weights; unset: read at the start, then recorded
     loss_kw:dict=_f(None, 'setting', factory=dict)       # extra keyword arguments for `make_loss` (e.g. s, max_m, tau)
     normed:Optional[bool]=None                           # cosine (`NormedLinear`) head; unset: the method's `expects_cosine`
     pretrained:Optional[str]=_f(None, 'setting')         # local state-dict file for the backbone (`~` is expanded)
@@ -262,7 +264,10 @@ def validate_config(cfg:'TrainConfig', # the config to check
     need(cfg.dataset in DATASET_NAMES, f"unknown dataset {cfg.dataset!r}; choose from {', '.join(DATASET_NAMES)}")
     if cfg.arch not in ARCH_NAMES:                                    # timm/<name> with timm installed, or a bad name
         from ala_nb.models import check_arch; check_arch(cfg.arch)
-    need(cfg.loss in method_names(), f"unknown loss {cfg.loss!r}; choose from {', '.join(method_names())}")
+    stages = method_names('second_stage')
+    need(cfg.loss in method_names() + stages, f"unknown loss {cfg.loss!r}; choose from {', '.join(method_names() + stages)}")
+    need((cfg.first_stage is not None) == (cfg.loss in stages), f"loss {cfg.loss!r} is a second stage: give first_stage, a finished run "
+         "folder (--first_stage RUN)" if cfg.first_stage is None else f"loss {cfg.loss!r} trains from scratch; first_stage is for the second stages {', '.join(stages)}")
     need(cfg.epochs >= 1, f"epochs must be an integer >= 1, got {cfg.epochs!r}")
     need(cfg.batch_size >= 1, f"batch_size must be an integer >= 1, got {cfg.batch_size!r}")
     need(num(cfg.lr) and cfg.lr > 0, f"lr must be a finite number > 0, got {cfg.lr!r}")

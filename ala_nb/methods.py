@@ -29,6 +29,7 @@ class Method:
     why:str=''                # one line: how to run it (eval_time), or why it is not available yet
     head:Optional[str]=None   # the classifier head it needs (`models.HEADS`); None: cosine if `expects_cosine`, else linear
     base:Optional[str]=None   # second_stage / eval_time: the method of the run it starts from
+    stage:tuple=()            # second_stage: the authors' recipe as (name, value) pairs (`second_stage.recipe`)
 
     @property
     def records_terms(self)->bool: return bool(self.terms)  # training writes adjust_trace.jsonl (df, qf, adjust per shot group)
@@ -44,7 +45,9 @@ def _ala(difficulty, quantity): return (('difficulty', difficulty), ('quantity',
 _DF = ('df', 'difficulty factor DF', 'mean DF per sample')
 _ADJUST = ('adjust', 'adjusting term A = DF·QF', 'mean A per sample')
 _MARGIN = dict(expects_cosine=True, drw_default=True)
-_STAGE2 = dict(kind='second_stage', available=False, base='ce')
+_STAGE2 = dict(kind='second_stage', base='ce')
+def _stage(head, epochs, lr, batch, sampler, **kw): # the head (`second_stage.STAGE_HEADS`), epochs after their 90, lr at batch
+    return (('head', head), ('epochs', epochs), ('lr', lr), ('batch', batch), ('sampler', sampler), ('weight_decay', 5e-4), *kw.items())
 _NOT_YET = 'not built yet: '
 
 METHODS = {m.name: m for m in (
@@ -71,12 +74,12 @@ METHODS = {m.name: m for m in (
            why="a CE run's linear head rescaled, w_j / |w_j|^tau: ala_eval RUN --tau_norm TAU"),
     Method('causal_norm', 'Causal Norm',  'CrossEntropyLoss', head='causal_norm', available=False,
            why='head and TDE logits built (models.CausalNormClassifier); the training loop does not create that head yet'),
-    Method('crt',      'cRT',             None, **_STAGE2, in_paper=False,
-           why=_NOT_YET + 'second stage: classifier re-trained on frozen features with class-balanced sampling'),
-    Method('lws',      'LWS',             None, **_STAGE2,
-           why=_NOT_YET + 'second stage: one learned scale per class of the fixed classifier, class-balanced sampling'),
-    Method('disalign', 'DisAlign',        None, **_STAGE2,
-           why=_NOT_YET + 'second stage: gated per-class scale and offset, generalised re-weighting'),
+    Method('crt',      'cRT',             None, **_STAGE2, in_paper=False, stage=_stage('retrained', 10, 0.2, 512, 'balanced'),
+           why='ala_train --first_stage RUN --loss crt: the classifier re-initialised and re-trained on frozen features, class-balanced sampling'),
+    Method('lws',      'LWS',             None, **_STAGE2, stage=_stage('scaled', 5, 0.2, 512, 'balanced'),
+           why='ala_train --first_stage RUN --loss lws: one learned scale per class of the fixed classifier, class-balanced sampling'),
+    Method('disalign', 'DisAlign',        None, **_STAGE2, stage=_stage('calibrated', 10, 0.1, 256, 'random', rho=1.2),
+           why='ala_train --first_stage RUN --loss disalign: gated per-class scale and offset, generalised re-weighting (rho)'),
     Method('bbn',      'BBN',             None, available=False,
            why=_NOT_YET + 'two branches with uniform and reversed samplers and cumulative learning'),
     Method('oltr',     'OLTR',            None, available=False,

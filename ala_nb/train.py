@@ -260,7 +260,8 @@ def _start(cfg:TrainConfig, S:_State, rank:int, log)->tuple: # (run, checkpoint 
         st = load_checkpoint(out, log) if cfg.resume else None        # every rank, from its own folder
         if st is not None: check_resume(TrainConfig.from_dict(st['config']), cfg, out, st['epoch'])
         if cfg.tensorboard and rank == 0: _tensorboard()                   # fails early, before anything is written
-        run = build_run(cfg)
+        if cfg.first_stage is None: run = build_run(cfg)
+        else: from ala_nb.second_stage import build_stage_run; run = build_stage_run(cfg)   # 04e, after the loop
     except Exception as e:
         if not is_ddp(): raise
         err = one_line(e)
@@ -352,6 +353,8 @@ def train(cfg:TrainConfig, # what to run; see `PRESETS` and `get_config`
          )->dict:          # final.json's contents, or {'preempted': True, 'signal', 'epoch', 'step', 'out'} after SIGTERM/SIGINT
     "Train `cfg` in one process or as one rank of `torchrun`, writing the run folder (rank 0). Bad input raises ValueError/OSError."
     validate_config(cfg)
+    if cfg.first_stage is not None:                            # a second stage (04e): check and pin the weights it starts from
+        from ala_nb.second_stage import pin_first_stage; cfg = pin_first_stage(cfg)
     delay, rank_dump = read_test_hooks()
     if elastic_restart(): cfg = replace(cfg, resume=True, overwrite=False)   # an elastic restart continues the run it restarts
     rank, world, local_rank = dist_info()

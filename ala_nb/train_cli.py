@@ -49,7 +49,9 @@ def resolve_cli_config(preset:Optional[str], # --preset, or None
     "The effective config of an `ala_train` command: a preset plus flags, or — resuming — the run's own config plus flags."
     if resume and overwrite: raise ValueError("resume and overwrite exclude each other")
     if out is not None and not out.strip(): raise ValueError(f"--out must name a folder, got {out!r}")
-    c = get_config(preset or given.get('preset') or 'fmnist_lt', **{k: v for k, v in given.items() if k != 'preset'})
+    if given.get('first_stage'):                                    # a second stage: its first stage's config and the authors' recipe
+        from ala_nb.second_stage import stage_config; c = stage_config(**{**given, **({'preset': preset} if preset else {})})
+    else: c = get_config(preset or given.get('preset') or 'fmnist_lt', **{k: v for k, v in given.items() if k != 'preset'})
     folder = Path(out) if out else run_dir(c)
     if resume:
         saved = None
@@ -96,7 +98,7 @@ def fetch_data(c:TrainConfig,         # the run's config
 # %% ../nbs/06a_train_cli.ipynb #4fbf3d87
 _CHOICES = dict(                              # the fields whose values a name list decides, and the lists
     preset=Choice('preset', PRESETS), dataset=Choice('dataset', DATASET_NAMES),
-    arch=Choice('arch', ARCH_NAMES, {'timm/<name>': is_timm}), loss=Choice('loss', method_names()),
+    arch=Choice('arch', ARCH_NAMES, {'timm/<name>': is_timm}), loss=Choice('loss', method_names() + method_names('second_stage')),
     schedule=Choice('schedule', SCHEDULES), sampler=Choice('sampler', SAMPLERS),
     device=Choice('device', ('auto', 'cpu', 'cuda'), {'cuda:N': is_cuda_n}), amp=Choice('amp', AMP_MODES),
     compile=Choice('compile mode', ('none', *COMPILE_MODES)), step=Choice('step', STEPS))
