@@ -334,6 +334,7 @@ def _epoch(run:Run, S:_State, epoch:int, stats:EpochStats, s0:int, pre:Preemptio
 # %% ../nbs/04d_train.ipynb #94a1b53b
 def _finish(run:Run, S:_State, final_out:Optional[dict], clock:Clock)->dict:
     "The final evaluation (on the whole test set), `test_outputs.npz` and `final.json`; drop an overwritten run."
+    from ala_nb.runs import provenance                                   # what made the run (04_runs)
     cfg, out = run.cfg, S.live.out
     if final_out is None: final_out = _evaluate(run, 'final')            # resumed a finished run
     top1, per_class = score(final_out, len(run.counts), run.groups)
@@ -342,7 +343,7 @@ def _finish(run:Run, S:_State, final_out:Optional[dict], clock:Clock)->dict:
                wall_s=round(clock.wall_s, 3), train_images_per_s=round(clock.images / max(clock.train_s, 1e-9), 1),
                first_step_s=round(clock.first_step_s or 0., 3),
                dataset=cfg.dataset, arch=cfg.arch, drw_epoch=cfg.drw_epoch, world_size=run.world_size, device=str(run.device),
-               model=run.model_spec)
+               model=run.model_spec, provenance=provenance(run.world_size, run.device))
     rank0_write(run.rank, out, lambda: finish_run_folder(out, final_out, res))
     if S.rank_dump:
         write_json(out/f'rank{run.rank}.json', dict(rank=run.rank, sha256=state_digest(run.net.state_dict())))
