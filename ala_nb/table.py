@@ -238,16 +238,18 @@ def env_notes(groups:dict, # label -> runs, from `runs.by_method`
 def table_text(t:dict)->str: # Markdown: the mean ± std table, then the paired differences, in percent
     "`ala_table` (Markdown): the study's table and, if there is a baseline, its paired differences; rows whose runs differ in environment marked †."
     notes = env_notes(t['groups'])
+    none = all(r.final.get('provenance') is None for rs in t['groups'].values() for r in rs)
     md = table_markdown(t['summary'])
     for l, n in notes.items():
-        if n: md = md.replace(f"| {l} |", f"| {l} † |", 1)
+        if n and not none: md = md.replace(f"| {l} |", f"| {l} † |", 1)
     out = ['Top-1 accuracy (%), mean ± std over seeds:', '', md]
     if t['paired']:
         out += ['', f"Paired differences from {t['baseline']} (points), mean [95 % t-interval] over shared seeds:", '',
                 paired_markdown(t['paired'])]
     elif t['baseline']: out += ['', f"No method shares a seed with {t['baseline']} in its setting: no paired differences."]
     marked = [f"† {l}: {n}" for l, n in notes.items() if n]
-    if marked: out += ['', 'Environment (final.json provenance; compared with the most common among these runs):', *marked]
+    if none: out += ['', 'Environment not recorded for any of these runs (written before final.json carried provenance).']
+    elif marked: out += ['', 'Environment (final.json provenance; compared with the most common among these runs):', *marked]
     return '\n'.join(out)
 
 # %% ../nbs/21_table.ipynb #38df21cf
