@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['dist_info', 'is_ddp', 'one_line', 'RankError', 'agree', 'resolve_device', 'setup_device', 'dataset_channels',
            'load_data', 'Parts', 'cosine_head', 'make_parts', 'SkipSampler', 'make_train_loader', 'stratified_subset',
-           'eval_sets', 'make_eval_loaders', 'Run', 'cudagraph_skips', 'build_run']
+           'eval_sets', 'epoch_split', 'make_eval_loaders', 'Run', 'cudagraph_skips', 'build_run']
 
 # %% ../nbs/04b_build.ipynb #afc5a817
 import os
@@ -119,7 +119,7 @@ def load_data(cfg:TrainConfig): # an `LTData`
         return cached_lt_data(cfg.dataset, os.path.expanduser(cfg.data_cache),
                               cfg.split_dir if cfg.split_dir is not None else cfg.root)
     return get_lt_data(cfg.dataset, root=cfg.root, split_dir=cfg.split_dir, imb_factor=cfg.imb_factor,
-                       n_max=cfg.n_max, seed=cfg.data_seed)
+                       n_max=cfg.n_max, seed=cfg.data_seed, val_per_class=cfg.val_per_class)
 
 # %% ../nbs/04b_build.ipynb #1d9de32b
 @dataclass
@@ -201,17 +201,38 @@ def stratified_subset(targets:torch.Tensor, # (N,) class of every test image
     t = torch.as_tensor(targets)
     return torch.cat([(t == c).nonzero()[:per, 0] for c in range(num_classes)]).sort().values
 
-def eval_sets(cfg:TrainConfig, targets:torch.Tensor, num_classes:int)->dict: # 'final', 'epoch': test-image indices
-    "The test images evaluated at the end (`cfg.max_test`) and after every other epoch (`cfg.eval_subset` of those)."
+def eval_sets(cfg:TrainConfig,  # max_test, eval_subset
+              targets:torch.Tensor, # (N_test,) classes of the test images
+              num_classes:int,      # C
+              val_targets:Optional[torch.Tensor]=None, # (N_val,) classes of the validation images, where the data has them
+             )->dict: # 'final': test-image indices; 'epoch': validation-image indices (test-image ones without validation)
+    "The test images evaluated once at the end (`cfg.max_test`), and the images after every epoch: `cfg.eval_subset` of the validation set, else of those test images."
     test_idx = (stratified_subset(targets, cfg.max_test, num_classes) if cfg.max_test
                 else torch.arange(len(targets)))
+    if val_targets is not None:
+        n = len(val_targets)
+        return dict(final=test_idx, epoch=(stratified_subset(val_targets, cfg.eval_subset, num_classes)
+                                           if cfg.eval_subset and cfg.eval_subset < n else torch.arange(n)))
     return dict(final=test_idx, epoch=(test_idx[stratified_subset(targets[test_idx], cfg.eval_subset, num_classes)]
                                        if cfg.eval_subset and cfg.eval_subset < len(test_idx) else test_idx))
 
-def make_eval_loaders(cfg:TrainConfig, data, sets:dict, device:torch.device, rank:int=0, world:int=1)->dict:
+def epoch_split(data)->str: # 'val' or 'test'
+    "The split a run's per-epoch metrics come from: the validation set where the data has one, else the test set."
+    return 'val' if getattr(data, 'val_targets', None) is not None else 'test'
+
+def make_eval_loaders(cfg:TrainConfig, data, sets:dict, device:torch.device, rank:int=0, world:int=1,
+                      splits:Optional[dict]=None, # key -> 'test' | 'val' (default: every set from the test split)
+                     )->dict:
     "Loaders of this rank's share `idx[rank::world]` of each of `sets`, in order (one loader when the sets are the same)."
-    def loader(idx):
+    splits = splits or {}
+    def loader(idx, split):
         mine = idx[rank::world]
+        if split == 'val':
+            if data.val_x is not None:
+                return DeviceLoader(data.val_x[mine], data.val_targets[mine], cfg.eval_batch_size, data.mean, data.std,
+                                    train=False, device=device, channels_last=cfg.channels_last)
+            return DataLoader(Subset(data.val, mine.tolist()), batch_size=cfg.eval_batch_size, shuffle=False,
+                              num_workers=cfg.num_workers, pin_memory=device.type == 'cuda', persistent_workers=cfg.num_workers > 0)
         if getattr(data, 'test_cache', None) is not None:
             from ala_nb.cache import CacheLoader
             return CacheLoader(data.test_cache, cfg.eval_batch_size, train=False, device=device, indices=mine,
@@ -221,7 +242,7 @@ def make_eval_loaders(cfg:TrainConfig, data, sets:dict, device:torch.device, ran
                                 train=False, device=device, channels_last=cfg.channels_last)
         return DataLoader(Subset(data.test, mine.tolist()), batch_size=cfg.eval_batch_size, shuffle=False,
                           num_workers=cfg.num_workers, pin_memory=device.type == 'cuda', persistent_workers=cfg.num_workers > 0)
-    loaders = {k: loader(v) for k, v in sets.items()}
+    loaders = {k: loader(v, splits.get(k, 'test')) for k, v in sets.items()}
     if sets['epoch'] is sets['final']: loaders['epoch'] = loaders['final']
     return loaders
 
@@ -234,8 +255,9 @@ class Run:
     model:nn.Module      # what is trained: `net`, DDP- and/or compile-wrapped
     loss_fn:nn.Module; opt:torch.optim.Optimizer; sched:object; scaler:object; amp_dtype:object
     train_loader:object; train_sampler:object  # a `SkipSampler` for streamed data, else None
-    eval_loaders:dict    # 'epoch' and 'final': loaders of this rank's share of the test images
+    eval_loaders:dict    # 'epoch' (validation images, else test) and 'final' (test images): loaders of this rank's share
     eval_n:dict          # images evaluated over all ranks, per key
+    eval_split:dict      # the split of each key of `eval_loaders`: 'final' is 'test', 'epoch' `epoch_split(data)`
     steps_per_epoch:int; logit_scale:float; rank:int; world_size:int; mark_step:bool; channels_last:bool
     model_spec:dict      # what `load_model` needs to rebuild `net`: arch, num_classes, in_chans, normed, logit_scale
     cstep:object=None    # `cfg.step == 'captured'`: the `CapturedStep` (its `stats` are the epoch's); else None
@@ -275,8 +297,9 @@ def build_run(cfg:TrainConfig, # a validated config
     if steps == 0: raise ValueError(f"batch_size {cfg.batch_size} leaves no full batch of {len(data.train_targets)} training images")
     if steps_per_epoch is not None: steps = steps_per_epoch
     sched = make_scheduler(parts.opt, cfg, steps)
-    sets = eval_sets(cfg, data.test_targets, C)
-    eval_loaders = make_eval_loaders(cfg, data, sets, device, rank, world)
+    splits = dict(final='test', epoch=epoch_split(data))
+    sets = eval_sets(cfg, data.test_targets, C, data.val_targets if splits['epoch'] == 'val' else None)
+    eval_loaders = make_eval_loaders(cfg, data, sets, device, rank, world, splits)
     normed = cosine_head(cfg, parts.loss)
     scale = float(getattr(parts.loss, 's', 1.)) if normed else 1.
     cstep = None
@@ -289,7 +312,7 @@ def build_run(cfg:TrainConfig, # a validated config
     return Run(cfg=cfg, data=data, counts=counts, groups=shot_groups(counts), device=device, net=net, model=model,
                loss_fn=parts.loss, opt=parts.opt, sched=sched, scaler=scaler, amp_dtype=amp_dtype, train_loader=train_loader,
                train_sampler=sampler, eval_loaders=eval_loaders,
-               eval_n={k: len(v) for k, v in sets.items()}, steps_per_epoch=steps, logit_scale=scale, rank=rank,
+               eval_n={k: len(v) for k, v in sets.items()}, eval_split=splits, steps_per_epoch=steps, logit_scale=scale, rank=rank,
                world_size=world, mark_step=cfg.compile in ('reduce-overhead', 'max-autotune'), channels_last=cfg.channels_last,
                model_spec=dict(arch=cfg.arch, num_classes=C, in_chans=data.in_chans, normed=bool(normed), logit_scale=scale),
                cstep=cstep, cudagraph_skips=cudagraph_skips())

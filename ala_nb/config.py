@@ -110,8 +110,9 @@ class TrainConfig:
     imb_factor:Optional[float]=_f(None, 'setting')       # in-memory sets: imbalance n_max/n_min; unset: the data set's
     n_max:Optional[int]=_f(None, 'setting')              # in-memory sets: images of the head class; unset: the data set's
     data_seed:int=_f(0, 'setting')                       # which images the long-tailed subset keeps (fixed across training seeds)
+    val_per_class:Optional[int]=None                     # in-memory sets: validation images per class, from those the subset drops; unset: the data set's (`data.DATASETS`); 0: none
     max_test:Optional[int]=_f(None, 'setting')           # evaluate on a stratified subset of about this many test images (quick runs)
-    eval_subset:Optional[int]=2000                       # per-epoch metrics on a stratified subset of this size; the last epoch uses all
+    eval_subset:Optional[int]=2000                       # per-epoch metrics (validation set, else test set) on a stratified subset of this size; the test set is evaluated whole at the end
     root:Optional[str]=_f(None, flags=('data_root',))    # data folder; unset: $ALA_DATA, else the data set's usual places
     split_dir:Optional[str]=None                         # folder of the split files (ImageNet-LT, Places-LT, iNaturalist)
     data_cache:Optional[str]=None                        # split-file sets: a cache folder made by `ala_cache`, augmented on the device
@@ -198,7 +199,7 @@ PRESETS = dict(
                           lr_steps=((29, 0.01), (33, 1e-4)), drw_epoch=29, eval_subset=2000),
     fmnist_lt_tiny=TrainConfig(preset='fmnist_lt_tiny', dataset='fmnist_lt', arch='resnet8', epochs=3, batch_size=32,
                                lr=0.05, warmup_epochs=0.5, lr_steps=((2, 0.1),), drw_epoch=2, n_max=128, imb_factor=32,
-                               max_test=200, eval_subset=None, log_every=5, threads=1),
+                               max_test=200, val_per_class=20, eval_subset=None, log_every=5, threads=1),
     cifar10_lt=TrainConfig(preset='cifar10_lt', dataset='cifar10_lt', **_LDAM_DRW),
     fmnist_lt_cifar=TrainConfig(preset='fmnist_lt_cifar', dataset='fmnist_lt_cifar', step='captured', **_LDAM_DRW),
     cifar100_lt=TrainConfig(preset='cifar100_lt', dataset='cifar100_lt', **_LDAM_DRW),
@@ -311,6 +312,9 @@ def validate_config(cfg:'TrainConfig', # the config to check
     need(cfg.num_workers >= 0, f"num_workers must be an integer >= 0, got {cfg.num_workers!r}")
     need(cfg.seed >= 0, f"seed must be an integer >= 0, got {cfg.seed!r}")
     need(cfg.data_seed >= 0, f"data_seed must be an integer >= 0, got {cfg.data_seed!r}")
+    need(cfg.val_per_class is None or cfg.val_per_class >= 0, f"val_per_class must be null or an integer >= 0, got {cfg.val_per_class!r}")
+    need(cfg.val_per_class is None or cfg.dataset not in split_sets,
+         f"val_per_class applies only to in-memory data sets; {cfg.dataset}'s validation list fixes its validation set")
     need(num(cfg.progress_every) and cfg.progress_every >= 0,
          f"progress_every must be a number of seconds >= 0, got {cfg.progress_every!r}")
     for k in ('out', 'root', 'split_dir', 'pretrained', 'data_cache'):
@@ -333,7 +337,7 @@ def effective_fields(cfg:'TrainConfig')->dict: # `asdict(cfg)`, with what the ru
     if cfg.normed is None and m: d['normed'] = m.expects_cosine
     d['drw'] = drw_enabled(cfg)
     if cfg.dataset not in SPLIT_DATASET_NAMES:           # the in-memory sets' defaults live with the data (`data.DATASETS`, torch)
-        for k in ('imb_factor', 'n_max'):
+        for k in ('imb_factor', 'n_max', 'val_per_class'):
             if d[k] is None: d[k] = f"{DECIDED}: {cfg.dataset}'s default (data.DATASETS)"
     if cfg.root is None: d['root'] = f"{DECIDED}: $ALA_DATA, else {cfg.dataset}'s usual places"
     if cfg.threads is None: d['threads'] = f"{DECIDED}: torch's default"

@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['FMNIST_MEAN', 'FMNIST_STD', 'CIFAR_MEAN', 'CIFAR_STD', 'IMAGENET_MEAN', 'IMAGENET_STD', 'FMNIST_CLASSES',
            'FMNIST_FILES', 'FMNIST_SYSTEM_DIRS', 'FMNIST_LAYOUTS', 'CIFAR_DATASETS', 'DATASETS', 'lt_counts',
-           'lt_indices', 'shot_groups', 'per_class_accuracy', 'shot_accuracy', 'crop_flip_transform',
+           'lt_indices', 'val_indices', 'shot_groups', 'per_class_accuracy', 'shot_accuracy', 'crop_flip_transform',
            'imagenet_transform', 'read_idx', 'ala_cache_dir', 'ala_data_dir', 'fmnist_search_dirs',
            'find_fashion_mnist', 'load_fashion_mnist', 'InMemoryDataset', 'load_cifar', 'SplitFileDataset', 'LTData',
            'get_lt_data', 'ClassAwareSampler', 'DeviceLoader']
@@ -60,6 +60,28 @@ def lt_indices(labels,                 # (N,) class of every image of the balanc
         if len(idx) < n: raise ValueError(f"class {c} has {len(idx)} images, but {n} were asked for (counts[{i}])")
         keep.append(rng.permutation(idx)[:n])
     return np.sort(np.concatenate(keep)) if keep else np.zeros(0, np.int64)
+
+# %% ../nbs/02_data.ipynb #44bee90c
+def val_indices(labels,          # (N,) class of every image of the balanced set
+                exclude,         # indices the long-tailed subset keeps (`lt_indices`): never validation images
+                per_class:int,   # validation images of every class
+                num_classes:int, # C
+                seed:int=0,      # the data seed (`lt_indices`' seed); its own stream, so the subset is unchanged
+               )->np.ndarray:    # sorted int64 indices, `per_class` of every class, none of them in `exclude`
+    "A balanced validation set drawn from the images a long-tailed subset does not keep."
+    labels = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels).astype(np.int64)
+    if not (isinstance(per_class, numbers.Integral) and per_class >= 0):
+        raise ValueError(f"val_per_class must be an integer >= 0, got {per_class!r}")
+    unused = np.ones(len(labels), bool); unused[np.asarray(exclude, dtype=np.int64)] = False
+    rng = np.random.default_rng([int(seed), 0x76616c])         # 'val': a stream apart from lt_indices' default_rng(seed)
+    out = []
+    for c in range(num_classes):
+        idx = np.flatnonzero((labels == c) & unused)
+        if len(idx) < per_class:
+            raise ValueError(f"class {c} has {len(idx)} training images the long-tailed subset does not keep, but "
+                             f"val_per_class {per_class} were asked for validation (give a smaller val_per_class, or 0 for none)")
+        out.append(rng.permutation(idx)[:per_class])
+    return np.sort(np.concatenate(out)) if out else np.zeros(0, np.int64)
 
 # %% ../nbs/02_data.ipynb #d7200aa4
 def shot_groups(counts,      # training images per class, (C,)
@@ -346,19 +368,27 @@ class LTData:
     std:tuple                  # per-channel std
     train_x:torch.Tensor=None  # (N_train, C, H, W) uint8 for in-memory sets, else None
     test_x:torch.Tensor=None   # (N_test, C, H, W) uint8 for in-memory sets, else None
+    val:Dataset=None           # the validation set (evaluation transform), or None where the data set has none
+    val_targets:torch.Tensor=None # (N_val,) int64, or None
+    val_x:torch.Tensor=None    # (N_val, C, H, W) uint8 for in-memory sets, else None
+    train_idx:np.ndarray=None  # in-memory sets: indices of the training images in the balanced training set
+    val_idx:np.ndarray=None    # in-memory sets: indices of the validation images there (disjoint from `train_idx`)
     def __repr__(self):
         return (f"LTData({self.name!r}: {self.num_classes} classes, {len(self.train_targets)} train images "
                 f"({max(self.counts)} … {min(self.counts)} per class), {len(self.test_targets)} test, "
+                f"{len(self.val_targets) if self.val_targets is not None else 'no'} val, "
                 f"{self.in_chans}×{self.image_size}×{self.image_size}{', in memory' if self.train_x is not None else ''})")
 
 # %% ../nbs/02_data.ipynb #a1a04cb1
 DATASETS = dict(
-    fmnist_lt=  dict(num_classes=10,   n_max=1280, imb_factor=256),
-    cifar10_lt= dict(num_classes=10,   n_max=5000, imb_factor=100),
-    cifar100_lt=dict(num_classes=100,  n_max=500,  imb_factor=100),
-    fmnist_lt_cifar=dict(num_classes=10, n_max=5000, imb_factor=100, pad=2),  # Fashion-MNIST, 28×28 zero-padded to 32×32
-    imagenet_lt=dict(num_classes=1000, splits=('ImageNet_LT_train.txt', 'ImageNet_LT_test.txt')),
-    places_lt=  dict(num_classes=365,  splits=('Places_LT_train.txt', 'Places_LT_test.txt')),
+    fmnist_lt=  dict(num_classes=10,   n_max=1280, imb_factor=256, val_per_class=200),
+    # CIFAR-LT keeps every training image of its head class (n_max = the 5000/500 CIFAR has): nothing is left for a
+    # balanced validation set unless n_max is lowered and val_per_class given
+    cifar10_lt= dict(num_classes=10,   n_max=5000, imb_factor=100, val_per_class=0),
+    cifar100_lt=dict(num_classes=100,  n_max=500,  imb_factor=100, val_per_class=0),
+    fmnist_lt_cifar=dict(num_classes=10, n_max=5000, imb_factor=100, pad=2, val_per_class=200),  # Fashion-MNIST, 28×28 zero-padded to 32×32
+    imagenet_lt=dict(num_classes=1000, splits=('ImageNet_LT_train.txt', 'ImageNet_LT_test.txt'), val='ImageNet_LT_val.txt'),
+    places_lt=  dict(num_classes=365,  splits=('Places_LT_train.txt', 'Places_LT_test.txt'), val='Places_LT_val.txt'),
     inat2018=   dict(num_classes=8142, splits=('iNaturalist18_train.txt', 'iNaturalist18_val.txt')),  # val is its test
 )
 
@@ -371,6 +401,7 @@ def get_lt_data(name:str,                # a key of DATASETS
                 seed:int=0,              # which images the long-tailed subset keeps
                 download:bool=False,     # Fashion-MNIST/CIFAR: download with torchvision if absent
                 check_files:bool=False,  # split sets: check every listed image exists now
+                val_per_class:int=None,  # in-memory sets: validation images per class, from those the subset drops (default: the data set's; 0: none)
                )->LTData:
     "Build the long-tailed benchmark `name`: datasets with their transforms, targets and training counts."
     if name not in DATASETS: raise ValueError(f"unknown data set {name!r}; choose from {', '.join(DATASETS)}")
@@ -379,6 +410,8 @@ def get_lt_data(name:str,                # a key of DATASETS
     if 'splits' in spec:
         if imb_factor is not None or n_max is not None:
             raise ValueError(f"{name}: imb_factor/n_max do not apply, its split file fixes the counts")
+        if val_per_class is not None:
+            raise ValueError(f"{name}: val_per_class does not apply, its validation list ({spec.get('val', 'none')}) fixes the validation set")
         root = root if root is not None else ala_data_dir()
         if root is None: raise ValueError(f"{name}: give root= (the image folder the split files refer to) or set ALA_DATA")
         sd = Path(split_dir if split_dir is not None else root)
@@ -386,8 +419,10 @@ def get_lt_data(name:str,                # a key of DATASETS
         if missing := [c for c, n in enumerate(train.counts) if n == 0]:
             raise ValueError(f"{train.split_file}: no training image of {len(missing)} of {C} classes "
                              f"({', '.join(map(str, missing[:10]))}{', ...' if len(missing) > 10 else ''}); every class needs one")
+        val = (SplitFileDataset(root, sd/spec['val'], C, imagenet_transform(False), check_files)
+               if 'val' in spec and (sd/spec['val']).is_file() else None)       # a validation list beside the split files
         return LTData(name, C, train.counts, train.classes, train, test, train.targets, test.targets,
-                      3, 224, IMAGENET_MEAN, IMAGENET_STD)
+                      3, 224, IMAGENET_MEAN, IMAGENET_STD, val=val, val_targets=val.targets if val is not None else None)
     if split_dir is not None: raise ValueError(f"{name}: split_dir applies only to {', '.join(k for k in DATASETS if 'splits' in DATASETS[k])}")
     counts = lt_counts(spec['n_max'] if n_max is None else n_max, C, spec['imb_factor'] if imb_factor is None else imb_factor)
     if name in ('fmnist_lt', 'fmnist_lt_cifar'):
@@ -398,12 +433,15 @@ def get_lt_data(name:str,                # a key of DATASETS
     else:
         trx, trY, tex, teY, classes = load_cifar(name, root, download)
         size, mean, std = 32, CIFAR_MEAN, CIFAR_STD
-    keep = torch.from_numpy(lt_indices(trY, counts, seed))
-    trx, trY = trx[keep], trY[keep]
-    return LTData(name, C, counts, list(classes),
-                  InMemoryDataset(trx, trY, crop_flip_transform(size, mean, std, True)),
-                  InMemoryDataset(tex, teY, crop_flip_transform(size, mean, std, False)),
-                  trY, teY, trx.shape[1], size, mean, std, trx, tex)
+    keep = lt_indices(trY, counts, seed)
+    vpc = spec['val_per_class'] if val_per_class is None else val_per_class
+    vidx = val_indices(trY, keep, vpc, C, seed) if vpc else None
+    vx, vy = (trx[torch.from_numpy(vidx)], trY[torch.from_numpy(vidx)]) if vpc else (None, None)
+    trx, trY = trx[torch.from_numpy(keep)], trY[torch.from_numpy(keep)]
+    ev = crop_flip_transform(size, mean, std, False)
+    return LTData(name, C, counts, list(classes), InMemoryDataset(trx, trY, crop_flip_transform(size, mean, std, True)),
+                  InMemoryDataset(tex, teY, ev), trY, teY, trx.shape[1], size, mean, std, trx, tex,
+                  val=InMemoryDataset(vx, vy, ev) if vpc else None, val_targets=vy, val_x=vx, train_idx=keep, val_idx=vidx)
 
 # %% ../nbs/02_data.ipynb #cb723693
 def _generator(*words:int)->torch.Generator: # a CPU generator seeded from non-negative integers (seed, epoch, ...)

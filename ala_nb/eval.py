@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['VAL_SPLITS', 'run_config', 'model_spec', 'load_model', 'split_data', 'posthoc_offset', 'pc_softmax', 'tau_normalize',
-           'evaluate_run', 'eval_report', 'eval_json']
+           'evaluate_run', 'taus', 'choose_on_val', 'eval_report', 'eval_json']
 
 # %% ../nbs/20_eval.ipynb #feed16cf
 import os, sys, json, math, time, warnings
@@ -22,7 +22,7 @@ from .config import TrainConfig, load_config, validate_config, drw_enabled
 from .runs import CONFIG, FINAL, CKPT, CKPT_PREV, read_json, _jsonable
 from .checkpoint import read_checkpoint
 from .build import stratified_subset, resolve_device, one_line, agree
-from .evaluate import evaluate, gather_outputs, score, format_results
+from .evaluate import evaluate, gather_outputs, score, format_results, pct
 
 # %% ../nbs/20_eval.ipynb #53982fb2
 def _checkpoint_of(folder:Path, name:str)->dict:
@@ -98,31 +98,35 @@ def load_model(run_dir,                # a run folder written by ala_train
     return _load(run_dir, checkpoint, device)[0]
 
 # %% ../nbs/20_eval.ipynb #73fe1b4e
-VAL_SPLITS = dict(imagenet_lt='ImageNet_LT_val.txt', places_lt='Places_LT_val.txt')  # validation lists beside the split files
+VAL_SPLITS = {k: d['val'] for k, d in DATASETS.items() if 'val' in d}  # validation lists beside the split files (`data.DATASETS`)
 
-def split_data(cfg:TrainConfig, # the run's config (data set, root, split_dir, imb_factor, n_max, data_seed)
+def _no_val(cfg:TrainConfig)->str: # why the run's data set has no validation split
+    if cfg.dataset == 'inat2018': return "its validation set is its test set (iNaturalist18_val.txt)"
+    if cfg.dataset in VAL_SPLITS:
+        sd = cfg.split_dir if cfg.split_dir is not None else (cfg.root if cfg.root is not None else os.environ.get('ALA_DATA'))
+        return f"no validation list {Path(sd or '.')/VAL_SPLITS[cfg.dataset]}"
+    if cfg.val_per_class == 0: return "the run was trained with val_per_class 0"
+    return (f"its long-tailed subset keeps every training image of its head class, so none is left for validation "
+            f"(retrain with a lower n_max and val_per_class)")
+
+def split_data(cfg:TrainConfig, # the run's config (data set, root, split_dir, imb_factor, n_max, data_seed, val_per_class)
                split:str='test', # 'test', or 'val' where the data set has a validation split
                data=None,        # the run's `LTData`, if already built
               )->tuple:          # (LTData, images: uint8 (N, C, H, W) tensor, `SplitCache` or Dataset, targets (N,))
     "The run's data set and the images of one of its evaluation splits, as the run's evaluation read them."
     if split not in ('test', 'val'): raise ValueError(f"unknown split {split!r}; choose 'test' or 'val'")
-    if split == 'val' and cfg.dataset not in VAL_SPLITS:
-        why = ("its validation set is its test set (iNaturalist18_val.txt)" if cfg.dataset == 'inat2018'
-               else "it has only a training and a test set")
-        raise ValueError(f"{cfg.dataset} has no validation split ({why}); use --split test "
-                         f"(validation splits: {', '.join(VAL_SPLITS)})")
+    if split == 'val' and cfg.dataset == 'inat2018': raise ValueError(f"{cfg.dataset} has no validation split ({_no_val(cfg)}); use --split test")
     if data is None and cfg.data_cache and split == 'test':
         data = cached_lt_data(cfg.dataset, os.path.expanduser(cfg.data_cache), cfg.split_dir if cfg.split_dir is not None else cfg.root)
     elif data is None:
-        data = get_lt_data(cfg.dataset, root=cfg.root, split_dir=cfg.split_dir, imb_factor=cfg.imb_factor,
-                           n_max=cfg.n_max, seed=cfg.data_seed)
+        data = get_lt_data(cfg.dataset, root=cfg.root, split_dir=cfg.split_dir, imb_factor=cfg.imb_factor, n_max=cfg.n_max, seed=cfg.data_seed,
+                           **({} if cfg.dataset in VAL_SPLITS else dict(val_per_class=cfg.val_per_class)))
     if split == 'test':
         cache = getattr(data, 'test_cache', None)
         return data, cache if cache is not None else data.test_x if data.test_x is not None else data.test, data.test_targets
-    root = cfg.root if cfg.root is not None else os.environ.get('ALA_DATA')
-    sd = Path(cfg.split_dir if cfg.split_dir is not None else root)
-    val = SplitFileDataset(root, sd/VAL_SPLITS[cfg.dataset], data.num_classes, imagenet_transform(False))
-    return data, val, val.targets
+    if getattr(data, 'val_targets', None) is None:
+        raise ValueError(f"{cfg.dataset} has no validation split ({_no_val(cfg)}); use --split test")
+    return data, (data.val_x if data.val_x is not None else data.val), data.val_targets
 
 # %% ../nbs/20_eval.ipynb #9676ec62
 def _tau(name:str, v)->Optional[float]:
@@ -251,6 +255,37 @@ def evaluate_run(run_dir,               # a run folder written by ala_train, wit
                 amp=S['amp'], batch_size=S['bs'], world_size=S['world'], model=spec, wall_s=round(time.time() - t0, 3),
                 outputs=out)
 
+# %% ../nbs/20_eval.ipynb #8a624e0b
+def taus(name:str, # 'tau_la' or 'tau_norm', for the messages
+         v,        # None, a number, '0,0.5,1' or a list of numbers
+        )->list:   # [None], or the τ values, each finite and >= 0, in the order given
+    "A τ or a comma-separated list of τ, from the command line or Python."
+    if v is None: return [None]
+    vals = v.split(',') if isinstance(v, str) else list(v) if isinstance(v, (list, tuple)) else [v]
+    out = [_tau(name, x.strip() if isinstance(x, str) else x) for x in vals]
+    if len(set(out)) != len(out): raise ValueError(f"--{name} {v!r}: a value is listed twice")
+    return out
+
+def choose_on_val(run_dir,             # a run folder with its checkpoint, of a data set with a validation split
+                  tau_la=None,         # post-hoc adjustment τ candidates ('0,0.5,1' or a list), or None
+                  tau_norm=None,       # τ-normalisation candidates, or None
+                  device:str='cpu', batch_size:int=None, amp:str=None, checkpoint:str=CKPT, # as `evaluate_run`
+                  data=None,           # the run's `LTData`, if already built
+                 )->dict:              # `evaluate_run`'s result on the test split at the chosen τ, plus `chosen`
+    "Pick τ by top-1 (all classes) on the validation split; evaluate the test split once, at that τ."
+    las, norms = taus('tau_la', tau_la), taus('tau_norm', tau_norm)
+    folder = Path(run_dir)
+    if data is None: data = split_data(run_config(folder, _checkpoint_of(folder, checkpoint)), 'val')[0]
+    cands, best = [], None
+    for tn in norms:
+        for tl in las:
+            r = evaluate_run(run_dir, 'val', tl, tn, device, batch_size, amp, checkpoint, data)
+            cands.append(dict(tau_la=tl, tau_norm=tn, top1=r['top1']))
+            if best is None or r['top1']['all'] > best['top1']['all']: best = cands[-1]
+    res = evaluate_run(run_dir, 'test', best['tau_la'], best['tau_norm'], device, batch_size, amp, checkpoint, data)
+    res['chosen'] = dict(on='val', by='top1.all', n_val=r['n'], tau_la=best['tau_la'], tau_norm=best['tau_norm'], candidates=cands)
+    return res
+
 # %% ../nbs/20_eval.ipynb #4a708f04
 def eval_report(res:dict)->str: # a header line, the baseline line (if any) and the All/Many/Medium/Few table
     "The text `ala_eval` prints for an `evaluate_run` result."
@@ -260,6 +295,10 @@ def eval_report(res:dict)->str: # a header line, the baseline line (if any) and 
     lines = [head]
     if res.get('tau_la') is not None: lines.append(f"post-hoc logit adjustment (Menon et al.): scores - {res['tau_la']:g}·log prior")
     if res.get('tau_norm') is not None: lines.append(f"tau-normalised classifier (Kang et al.): w_j / |w_j|^{res['tau_norm']:g}, no bias")
+    if (ch := res.get('chosen')) is not None:
+        say = lambda k: ', '.join(f"{n}={k[n]:g}" for n in ('tau_la', 'tau_norm') if k[n] is not None) or 'none'
+        lines.append(f"chosen on the validation split ({ch['n_val']} images) by top-1: {say(ch)}; validation top-1 % " +
+                     ', '.join(f"{say(k)}: {pct(k['top1']['all']).strip()}" for k in ch['candidates']))
     return '\n'.join(lines + format_results(dict(res, wall_s=0)).split('\n')[1:])
 
 def _check_out(out, run_dir)->Optional[Path]:

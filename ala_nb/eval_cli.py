@@ -14,13 +14,14 @@ from .runs import CKPT, write_json
 @call_parse(examples=(
     "ala_eval runs/fmnist_lt_ala_s0  # the All / Many / Medium / Few table of a run's checkpoint",
     "ala_eval runs/ce_s0 --tau-la 1 --json --out ce_la.json  # post-hoc logit adjustment, kept in a new file",
+    "ala_eval runs/ce_s0 --tau-la 0,0.5,1,1.5,2  # tau chosen on the validation split, test top-1 at that tau",
     "torchrun --nproc_per_node 8 $(which ala_eval) runs/imagenet_lt_r50_ala_s0 --split val  # gathered over 8 GPUs"))
 def ala_eval(run_dir:str,             # a run folder written by ala_train (it needs the run's checkpoint.pt)
              json:bool=False,         # print one JSON object (top1 shaped like final.json's) instead of the table
-             split:Choice('split', ('test', 'val'))='test', # the split to evaluate; val: ImageNet-LT, Places-LT
+             split:Choice('split', ('test', 'val'))='test', # the split to evaluate; val: Fashion-MNIST-LT, ImageNet-LT, Places-LT
              out:str=None,            # also write the JSON object to this new file (never inside the run folder)
-             tau_la:str=None,         # post-hoc logit adjustment (Menon et al.): scores - tau_la * log(prior), >= 0
-             tau_norm:str=None,       # tau-normalise a linear classifier (Kang et al.): w_j / |w_j|^tau_norm, bias dropped
+             tau_la:str=None,         # post-hoc logit adjustment (Menon et al.): scores - tau_la * log(prior), >= 0; a list 0,0.5,1: chosen on val
+             tau_norm:str=None,       # tau-normalise a linear classifier (Kang et al.): w_j / |w_j|^tau_norm, bias dropped; a list: chosen on val
              device:Choice('device', ('auto', 'cpu', 'cuda'), {'cuda:N': is_cuda_n})='auto', # auto: CUDA if available; under torchrun: GPU LOCAL_RANK
              batch_size:int=None,     # images per batch and process (default: the run's eval_batch_size)
              amp:Choice('amp', AMP_MODES)=None, # autocast (default: the run's; auto = bf16 on CUDA)
@@ -31,7 +32,7 @@ def ala_eval(run_dir:str,             # a run folder written by ala_train (it ne
         os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')   # before torch loads OpenMP, as `ala_nb.train` does
         from ala_nb.build import one_line
         import torch, torch.distributed as dist
-        from ala_nb.eval import _check_out, _dumps, _one_line_warnings, evaluate_run, eval_json, eval_report
+        from ala_nb.eval import _check_out, _dumps, _one_line_warnings, evaluate_run, eval_json, eval_report, choose_on_val
         rank, world = int(os.environ.get('RANK', 0)), int(os.environ.get('WORLD_SIZE', 1))
         own_group = world > 1 and not (dist.is_available() and dist.is_initialized())
         def fail(msg):
@@ -46,7 +47,10 @@ def ala_eval(run_dir:str,             # a run folder written by ala_train (it ne
                     cuda = device.startswith('cuda') or (device == 'auto' and torch.cuda.is_available())
                     if cuda: torch.cuda.set_device(int(os.environ.get('LOCAL_RANK', 0)))
                     dist.init_process_group('nccl' if cuda else 'gloo')
-                res = evaluate_run(run_dir, split, tau_la, tau_norm, device, batch_size, amp, checkpoint)
+                if any(',' in str(v) for v in (tau_la, tau_norm) if v is not None):     # a list: chosen on validation
+                    if split != 'test': raise ValueError("a list of tau is chosen on the validation split and reported on the test split; drop --split val")
+                    res = choose_on_val(run_dir, tau_la, tau_norm, device, batch_size, amp, checkpoint)
+                else: res = evaluate_run(run_dir, split, tau_la, tau_norm, device, batch_size, amp, checkpoint)
             except (ValueError, TypeError, OSError, KeyError) as e: fail(one_line(e))
         if rank == 0:
             obj = eval_json(res)

@@ -8,8 +8,9 @@ __all__ = ['CONFIG', 'METRICS', 'TRACE', 'FINAL', 'OUTPUTS', 'CKPT', 'CKPT_PREV'
            'append_jsonl', 'read_jsonl', 'truncate_jsonl', 'read_json', 'method_slug', 'run_name', 'run_dir',
            'RunFolderBusy', 'RunLock', 'clean_leftovers', 'folder_state', 'check_run_folder', 'set_aside',
            'drop_replaced', 'resume_conflicts', 'check_resume', 'LiveRun', 'claim_run_folder', 'start_run_folder',
-           'undo_start', 'finish_run_folder', 'elastic_restart', 'method_label', 'RunFolder', 'load_run', 'load_runs',
-           'setting_names', 'by_method', 'pick_methods', 'write_run', 'copy_run']
+           'undo_start', 'finish_run_folder', 'elastic_restart', 'code_version', 'cpu_model', 'provenance',
+           'method_label', 'RunFolder', 'load_run', 'load_runs', 'setting_names', 'by_method', 'pick_methods',
+           'write_run', 'copy_run']
 
 # %% ../nbs/04_runs.ipynb #05da4c0d
 import os, io, json, math, time, errno, socket, shutil
@@ -298,6 +299,46 @@ def finish_run_folder(out:Path,     # the run folder
 def elastic_restart()->bool: # this process restarts an elastic group: the run resumes, never overwrites
     "Is this a restart of an elastic group (`torchrun --max_restarts` sets TORCHELASTIC_RESTART_COUNT > 0)?"
     return int(os.environ.get('TORCHELASTIC_RESTART_COUNT', '0') or 0) > 0
+
+# %% ../nbs/04_runs.ipynb #d5c32751
+def _git(d:Path, *args)->str: # git's stdout in folder d; raises FileNotFoundError without git, CalledProcessError outside a checkout
+    import subprocess
+    return subprocess.run(['git', '-C', str(d), *args], capture_output=True, text=True, check=True, timeout=20).stdout.strip()
+
+def code_version(package_dir=None, # the folder holding the ala_nb package (default: this one's parent)
+                )->dict:           # version, and commit + dirty, or git: why there is no commit
+    "ala_nb's version and, when it runs from a git checkout, its commit and whether the work tree has uncommitted changes."
+    import subprocess, ala_nb
+    d = Path(package_dir) if package_dir is not None else Path(ala_nb.__file__).resolve().parent.parent
+    out = dict(version=ala_nb.__version__)
+    try:
+        if Path(_git(d, 'rev-parse', '--show-toplevel')).resolve() != d.resolve(): return dict(out, git='not a checkout of ala_nb')
+        return dict(out, commit=_git(d, 'rev-parse', 'HEAD'), dirty=bool(_git(d, 'status', '--porcelain', '--untracked-files=no')))
+    except FileNotFoundError: return dict(out, git='git not found')
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired): return dict(out, git='not a checkout of ala_nb')
+
+def cpu_model()->Optional[str]: # /proc/cpuinfo's 'model name', else platform.processor(), else None
+    "The CPU's model name."
+    import platform
+    try:
+        for line in Path('/proc/cpuinfo').read_text().splitlines():
+            if line.startswith('model name'): return line.split(':', 1)[1].strip()
+    except OSError: pass
+    return platform.processor() or None
+
+def provenance(world_size:int=1, # processes of the run
+               device=None,      # the run's device; CUDA, cuDNN and the GPU's name are recorded for a CUDA device
+               package_dir=None, # see `code_version`
+              )->dict:           # JSON-ready
+    "What made a run: the code, the libraries, the CPU and its ATen kernels, CUDA and the GPU, the world size."
+    import platform, numpy, torch, torchvision
+    dev = torch.device(device) if device is not None else torch.device('cpu')
+    p = dict(ala_nb=code_version(package_dir), python=platform.python_version(), torch=torch.__version__,
+             torchvision=torchvision.__version__, numpy=numpy.__version__, cpu=cpu_model(),
+             cpu_capability=torch.backends.cpu.get_cpu_capability(), world_size=int(world_size))
+    if dev.type == 'cuda':
+        p.update(cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(), gpu=torch.cuda.get_device_name(dev))
+    return p
 
 # %% ../nbs/04_runs.ipynb #1b4e0d97
 METHODS = {l: label_args(l) for l in STUDY}  # the study's labels -> ala_train arguments (drw omitted = the method's default)

@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['EVAL_KEYS', 'CSV_FIELDS', 'collect_runs', 'check_eval', 'eval_rule', 'EvalResult', 'load_eval', 'default_baseline',
-           'resolve_baseline', 'table_data', 'table_json', 'table_csv', 'table_text', 'ala_table']
+           'resolve_baseline', 'table_data', 'table_json', 'table_csv', 'env_notes', 'table_text', 'ala_table']
 
 # %% ../nbs/21_table.ipynb #911e125d
 import csv, io, json, math, sys
@@ -184,11 +184,11 @@ def _paired_cell(v:dict)->dict: # `paired_delta`'s group, in fractions, with the
 
 def table_json(t:dict)->dict: # one JSON-ready object, top-1 as fractions
     "`ala_table --json`: the summary rows and the paired differences, as fractions (0.5 = 50 %)."
-    summary = []
+    summary, notes = [], env_notes(t['groups'])
     for row in t['summary']:
         rs = t['groups'][row['method']]
         s = dict(method=row['method'], rule=getattr(rs[0], 'rule', '') or None, n=row['n'], seeds=row['seeds'],
-                 runs=[str(r.path) for r in rs], setting=rs[0].setting)
+                 runs=[str(r.path) for r in rs], setting=rs[0].setting, environment=notes.get(row['method']) or None)
         for g in GROUPS:
             v = row[g]
             s[g] = None if v is None else dict(mean=v[0], std=v[1] if row['n'] > 1 else None)
@@ -214,13 +214,42 @@ def table_csv(t:dict)->str: # CSV text, one line per (table, method, group), top
                                 ci95_low=v.get('lo'), ci95_high=v.get('hi'), verdict=v.get('verdict')))
     return buf.getvalue()
 
+def _flat(d:dict, pre:str='')->dict: # {'ala_nb.commit': ..., 'torch': ...}
+    return {k2: v2 for k, v in d.items() for k2, v2 in (_flat(v, f'{pre}{k}.').items() if isinstance(v, dict) else [(f'{pre}{k}', v)])}
+
+def env_notes(groups:dict, # label -> runs, from `runs.by_method`
+             )->dict:      # label -> note: '' where the row's runs share the table's most common environment
+    "Which rows' runs differ in environment (`final.json`'s `provenance`), and in which fields; 'environment not recorded' for runs without one."
+    envs = {l: [_flat(r.final.get('provenance')) if isinstance(r.final.get('provenance'), dict) else None for r in rs]
+            for l, rs in groups.items()}
+    known = [json.dumps(e, sort_keys=True) for es in envs.values() for e in es if e is not None]
+    ref = json.loads(max(set(known), key=known.count)) if known else {}
+    notes = {}
+    for l, es in envs.items():
+        missing = sum(e is None for e in es)
+        have = [e for e in es if e is not None] + ([ref] if ref else [])
+        diff = [k for k in sorted({k for e in have for k in e}) if len({json.dumps(e.get(k)) for e in have}) > 1]
+        parts = ([f"environment not recorded ({missing} of {len(es)} runs)"] if missing else []) + \
+                ([f"runs differ in environment: " + '; '.join(f"{k} " + ', '.join(dict.fromkeys(str(e.get(k)) for e in have))
+                                                            for k in diff)] if diff else [])
+        notes[l] = '; '.join(parts)
+    return notes
+
 def table_text(t:dict)->str: # Markdown: the mean ± std table, then the paired differences, in percent
-    "`ala_table` (Markdown): the study's table and, if there is a baseline, its paired differences."
-    out = ['Top-1 accuracy (%), mean ± std over seeds:', '', table_markdown(t['summary'])]
+    "`ala_table` (Markdown): the study's table and, if there is a baseline, its paired differences; rows whose runs differ in environment marked †."
+    notes = env_notes(t['groups'])
+    none = all(r.final.get('provenance') is None for rs in t['groups'].values() for r in rs)
+    md = table_markdown(t['summary'])
+    for l, n in notes.items():
+        if n and not none: md = md.replace(f"| {l} |", f"| {l} † |", 1)
+    out = ['Top-1 accuracy (%), mean ± std over seeds:', '', md]
     if t['paired']:
         out += ['', f"Paired differences from {t['baseline']} (points), mean [95 % t-interval] over shared seeds:", '',
                 paired_markdown(t['paired'])]
     elif t['baseline']: out += ['', f"No method shares a seed with {t['baseline']} in its setting: no paired differences."]
+    marked = [f"† {l}: {n}" for l, n in notes.items() if n]
+    if none: out += ['', 'Environment not recorded for any of these runs (written before final.json carried provenance).']
+    elif marked: out += ['', 'Environment (final.json provenance; compared with the most common among these runs):', *marked]
     return '\n'.join(out)
 
 # %% ../nbs/21_table.ipynb #38df21cf

@@ -314,12 +314,13 @@ def _epoch(run:Run, S:_State, epoch:int, stats:EpochStats, s0:int, pre:Preemptio
     if is_ddp():
         for b in run.net.buffers(): dist.broadcast(b, 0)
     last = epoch == cfg.epochs - 1
-    o = _evaluate(run, 'final' if last else 'epoch')
+    key = 'final' if last and run.eval_split['epoch'] == 'test' else 'epoch'    # the test set only at the end
+    o = _evaluate(run, key)
     top1, per_class = score(o, len(run.counts), run.groups)
     clock.lap()
     rec = dict(epoch=epoch + 1, train_loss=loss,
                lr=cfg.lr * lr_factor(cfg, epoch, run.steps_per_epoch - 1, run.steps_per_epoch),
-               top1=top1, per_class=per_class, drw=drw_enabled(cfg) and epoch >= cfg.drw_epoch,
+               split=run.eval_split[key], top1=top1, per_class=per_class, drw=drw_enabled(cfg) and epoch >= cfg.drw_epoch,
                wall_s=round(clock.wall_s, 3))
     def write_epoch():
         append_jsonl(out/METRICS, rec)
@@ -329,11 +330,12 @@ def _epoch(run:Run, S:_State, epoch:int, stats:EpochStats, s0:int, pre:Preemptio
         save_checkpoint(run_state(run, epoch + 1, 0, None, clock.state()), out)
         S.live.saved = True
     rank0_write(run.rank, out, write_epoch)
-    return 'done', rec, (o if last else None)
+    return 'done', rec, (o if key == 'final' else None)
 
 # %% ../nbs/04d_train.ipynb #94a1b53b
 def _finish(run:Run, S:_State, final_out:Optional[dict], clock:Clock)->dict:
     "The final evaluation (on the whole test set), `test_outputs.npz` and `final.json`; drop an overwritten run."
+    from ala_nb.runs import provenance                                   # what made the run (04_runs)
     cfg, out = run.cfg, S.live.out
     if final_out is None: final_out = _evaluate(run, 'final')            # resumed a finished run
     top1, per_class = score(final_out, len(run.counts), run.groups)
@@ -342,7 +344,7 @@ def _finish(run:Run, S:_State, final_out:Optional[dict], clock:Clock)->dict:
                wall_s=round(clock.wall_s, 3), train_images_per_s=round(clock.images / max(clock.train_s, 1e-9), 1),
                first_step_s=round(clock.first_step_s or 0., 3),
                dataset=cfg.dataset, arch=cfg.arch, drw_epoch=cfg.drw_epoch, world_size=run.world_size, device=str(run.device),
-               model=run.model_spec)
+               model=run.model_spec, provenance=provenance(run.world_size, run.device))
     rank0_write(run.rank, out, lambda: finish_run_folder(out, final_out, res))
     if S.rank_dump:
         write_json(out/f'rank{run.rank}.json', dict(rank=run.rank, sha256=state_digest(run.net.state_dict())))

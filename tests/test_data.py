@@ -219,7 +219,7 @@ def test_fmnist_found_in_every_place_and_layout(tmp_path, nowhere, where, layout
     assert tx.shape == (40, 1, 28, 28) and tx.dtype == torch.uint8 and sx.shape == (20, 1, 28, 28)
     assert np.array_equal(tx[:, 0].numpy(), a['train_x']) and ty.tolist() == a['train_y'].tolist()
     assert np.array_equal(sx[:, 0].numpy(), a['test_x']) and sy.dtype == torch.int64
-    d = D.get_lt_data('fmnist_lt', root=tmp_path/'root' if where == 'root' else None, n_max=4, imb_factor=4)
+    d = D.get_lt_data('fmnist_lt', root=tmp_path/'root' if where == 'root' else None, n_max=4, imb_factor=4, val_per_class=0)
     assert d.counts == [4, 3, 2, 2, 2, 1, 1, 1, 1, 1] and d.train_x.shape == (18, 1, 28, 28)
     assert d.classes[0] == 'T-shirt/top' and torch.bincount(d.test_targets).tolist() == [2] * 10
 

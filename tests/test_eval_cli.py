@@ -68,7 +68,10 @@ def test_out_writes_a_new_file_only(runs, tmp_path):
     ('ala', ('--tau_la', '-1'), "--tau_la must be a finite number >= 0, got '-1'"),
     ('ala', ('--tau_norm', 'abc'), "--tau_norm must be a finite number >= 0, got 'abc'"),
     ('ala', ('--tau_norm', '1'), 'cosine head (NormedLinear), which divides every class weight by its norm already'),
-    ('ala', ('--split', 'val'), 'fmnist_lt has no validation split (it has only a training and a test set); use --split test'),
+    ('noval', ('--split', 'val'), 'fmnist_lt has no validation split (the run was trained with val_per_class 0); use --split test'),
+    ('noval', ('--tau-la', '0,1'), 'fmnist_lt has no validation split (the run was trained with val_per_class 0)'),
+    ('ala', ('--split', 'val', '--tau-la', '0,1'), 'a list of tau is chosen on the validation split and reported on the test split'),
+    ('ala', ('--tau-norm', '0,1'), 'cosine head (NormedLinear)'),
     ('ala', ('--split', 'train'), "unknown split 'train'"),
     ('ala', ('--device', 'gpu'), "unknown device 'gpu'"),
     ('ala', ('--checkpoint', 'nope.pt'), 'nope.pt: no such checkpoint'),
@@ -81,6 +84,10 @@ def test_bad_input_is_one_line(runs, tmp_path, make, args, says):
         from ala_nb.runs import copy_run
         copy_run(runs['ala'], folder)
     elif make == 'ala': folder = runs['ala']
+    elif make == 'noval':                                   # a run trained without a validation set
+        shutil.copytree(runs['ala'], folder)
+        cfg = json.loads((folder/'config.json').read_text()); cfg['val_per_class'] = 0
+        (folder/'config.json').write_text(json.dumps(cfg))
     before = tree(runs['ala'])
     p = ala_eval(folder, *args)
     assert p.returncode == 2 and p.stdout == '', (p.returncode, p.stdout, p.stderr)
@@ -255,3 +262,15 @@ def test_ctrl_c_is_one_line(runs):
     out, err = p.communicate(timeout=60)
     assert (p.returncode, out, err) == (130, '', 'ala_eval: interrupted\n'), (p.returncode, out, err[-2000:])
     assert tree(runs['ala']) == before
+
+
+def test_tau_list_chosen_on_validation(runs):
+    "--tau-la 0,1,2: each τ scored on the validation split, the best (first of equals) reported on the test split, all recorded."
+    j = as_json(runs['ce'], '--tau-la', '0,1,2')
+    val = {t: as_json(runs['ce'], '--split', 'val', '--tau_la', str(t))['top1']['all'] for t in (0., 1., 2.)}
+    best = max(val, key=lambda t: (val[t], -t))
+    assert j['split'] == 'test' and j['tau_la'] == best and j['chosen']['tau_la'] == best and j['chosen']['on'] == 'val'
+    assert [c['top1']['all'] for c in j['chosen']['candidates']] == list(val.values())
+    assert j['top1'] == as_json(runs['ce'], '--tau_la', str(best))['top1']
+    p = ala_eval(runs['ce'], '--tau-la', '0,1,2')
+    assert p.returncode == 0 and 'chosen on the validation split (200 images) by top-1: tau_la=' in p.stdout, p.stdout
