@@ -21,7 +21,7 @@ from .cache import SplitCache, CacheLoader, cached_lt_data
 from .config import TrainConfig, load_config, validate_config, drw_enabled
 from .runs import CONFIG, FINAL, CKPT, CKPT_PREV, read_json, _jsonable
 from .checkpoint import read_checkpoint
-from .build import stratified_subset, resolve_device, one_line, agree
+from .build import stratified_subset, resolve_device, one_line, agree, model_from_spec
 from .evaluate import evaluate, gather_outputs, score, format_results, pct
 
 # %% ../nbs/20_eval.ipynb #53982fb2
@@ -78,7 +78,7 @@ def _load(run_dir, checkpoint:str=CKPT, device='cpu')->tuple: # (net, spec, cfg,
     st = _checkpoint_of(folder, checkpoint)
     cfg = run_config(folder, st)
     spec = model_spec(folder, st, cfg)
-    net = create_model(spec['arch'], spec['num_classes'], normed=spec['normed'], in_chans=spec['in_chans'])
+    net = model_from_spec(spec)                                       # its head too: Causal Norm (TDE in eval mode), BBN
     try: net.load_state_dict(st['model'])
     except RuntimeError as e:
         raise ValueError(f"{folder/checkpoint}: its weights do not fit {spec} "

@@ -62,9 +62,10 @@ def export_metadata(folder,             # the run folder
     if len(counts) != C: raise ValueError(f"{folder}: {len(counts)} training counts for a network of {C} classes")
     if inp['in_chans'] != spec['in_chans']:
         raise ValueError(f"{folder}: network takes {spec['in_chans']} channels, data set {cfg.dataset} has {inp['in_chans']}")
-    what = 'cosines (cosine head)' if spec['normed'] else 'logits (linear head)'
+    hd = spec.get('head') or ('cosine' if spec['normed'] else 'linear')                # its own head: causal_norm, bbn
+    what = 'cosines (cosine head)' if spec['normed'] else f'logits ({hd} head)'
     out = (f"logits = logit_scale * cosines, shape (batch, num_classes); softmax gives class probabilities"
-           if spec['normed'] else "logits of a linear head, shape (batch, num_classes); softmax gives class probabilities")
+           if spec['normed'] else f"logits of a {hd} head, shape (batch, num_classes); softmax gives class probabilities")
     if fmt == 'safetensors':
         out = (f"state_dict of create_model(arch, num_classes, normed, in_chans); the network returns {what}" +
                ("; multiply by logit_scale for logits" if spec['normed'] else ''))
@@ -72,7 +73,7 @@ def export_metadata(folder,             # the run folder
                 arch=spec['arch'], loss=cfg.loss, dataset=cfg.dataset, num_classes=C, classes=final.get('classes'),
                 counts=counts, in_chans=inp['in_chans'], input_shape=['batch', inp['in_chans'], inp['size'], inp['size']],
                 input_dtype='float32', mean=inp['mean'], std=inp['std'], preprocess=inp['preprocess'],
-                normed=bool(spec['normed']), logit_scale=s, output=out)
+                normed=bool(spec['normed']), logit_scale=s, output=out, **{k: spec[k] for k in ('head', 'head_kw') if k in spec})
 
 def _encode(meta:dict)->dict: return {k: json.dumps(v) for k, v in meta.items()}  # str -> str, as ONNX and safetensors store it
 def _decode(d:dict)->dict: return {k: json.loads(v) for k, v in d.items()}
@@ -170,9 +171,9 @@ def run_exported(path,  # a file written by `export_run`
                 warnings.filterwarnings('ignore', message=r'.*torch\.jit.*deprecated')  # torch >= 2.9 deprecates TorchScript; the file still loads
                 return torch.jit.load(str(path), map_location='cpu')(x)
         from safetensors.torch import load_file
-        from ala_nb.models import create_model
+        from ala_nb.build import model_from_spec
         m = read_metadata(path, fmt)
-        net = create_model(m['arch'], m['num_classes'], normed=m['normed'], in_chans=m['in_chans'])
+        net = model_from_spec(m)
         net.load_state_dict(load_file(str(path)))
         return net.eval()(x)
 

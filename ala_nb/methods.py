@@ -27,9 +27,11 @@ class Method:
     in_paper:bool=True        # the paper reports it, under `label`
     available:bool=True       # this package trains it (full) or applies it (eval_time) today
     why:str=''                # one line: how to run it (eval_time), or why it is not available yet
-    head:Optional[str]=None   # the classifier head it needs (`models.HEADS`); None: cosine if `expects_cosine`, else linear
+    head:Optional[str]=None   # the classifier head it needs (`models.HEADS`, or 'bbn': `bbn.BBNResNetCifar`); None: cosine if `expects_cosine`, else linear
     base:Optional[str]=None   # second_stage / eval_time: the method of the run it starts from
     stage:tuple=()            # second_stage: the authors' recipe as (name, value) pairs (`second_stage.recipe`)
+    step:Optional[str]=None   # a training step of its own ('bbn': two batches a step, `bbn.BBNLoader`); None: `step.train_step`
+    archs:tuple=()            # the backbones it builds on (`models.ARCHS`); (): any
 
     @property
     def records_terms(self)->bool: return bool(self.terms)  # training writes adjust_trace.jsonl (df, qf, adjust per shot group)
@@ -72,16 +74,14 @@ METHODS = {m.name: m for m in (
            why='a CE run evaluated with logits - log prior: ala_eval RUN --tau_la 1'),
     Method('tau_norm', 'τ-norm',          None, kind='eval_time', base='ce', in_paper=False,
            why="a CE run's linear head rescaled, w_j / |w_j|^tau: ala_eval RUN --tau_norm TAU"),
-    Method('causal_norm', 'Causal Norm',  'CrossEntropyLoss', head='causal_norm', available=False,
-           why='head and TDE logits built (models.CausalNormClassifier); the training loop does not create that head yet'),
+    Method('causal_norm', 'Causal Norm',  'CrossEntropyLoss', head='causal_norm'),
     Method('crt',      'cRT',             None, **_STAGE2, in_paper=False, stage=_stage('retrained', 10, 0.2, 512, 'balanced'),
            why='ala_train --first_stage RUN --loss crt: the classifier re-initialised and re-trained on frozen features, class-balanced sampling'),
     Method('lws',      'LWS',             None, **_STAGE2, stage=_stage('scaled', 5, 0.2, 512, 'balanced'),
            why='ala_train --first_stage RUN --loss lws: one learned scale per class of the fixed classifier, class-balanced sampling'),
     Method('disalign', 'DisAlign',        None, **_STAGE2, stage=_stage('calibrated', 10, 0.1, 256, 'random', rho=1.2),
            why='ala_train --first_stage RUN --loss disalign: gated per-class scale and offset, generalised re-weighting (rho)'),
-    Method('bbn',      'BBN',             None, available=False,
-           why=_NOT_YET + 'two branches with uniform and reversed samplers and cumulative learning'),
+    Method('bbn',      'BBN',             'CrossEntropyLoss', head='bbn', step='bbn', archs=('resnet8', 'resnet20', 'resnet32')),
     Method('oltr',     'OLTR',            None, available=False,
            why=_NOT_YET + 'a memory of class centroids with a dynamic meta-embedding, trained in two stages'),
     Method('range_loss', 'Range Loss',    None, available=False,

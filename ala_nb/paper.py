@@ -142,7 +142,7 @@ def paper_markdown(table:int, # 1, 2, 3 or 4
 # %% ../nbs/10_paper_tables.ipynb #9dbd3b06
 PRESET_OF = {('ImageNet-LT', 'ResNet-50'): 'imagenet_lt_r50', ('ImageNet-LT', 'ResNeXt-50'): 'imagenet_lt_x50',
              ('iNaturalist 2018', 'ResNet-50'): 'inat2018_r50', ('Places-LT', 'ResNet-152'): 'places_lt_r152'}
-LOSS_OF = {m.label: n for n, m in METHODS.items() if m.in_paper and m.trainable}  # the paper's method -> `ala_train --loss`
+LOSS_OF = {m.label: n for n, m in METHODS.items() if m.in_paper and m.trainable and not m.archs}  # the paper's method -> `ala_train --loss` (not BBN: built here for the CIFAR ResNets only)
 DATA_ARGS = {'ImageNet-LT': ('/data/imagenet', '/data/ImageNet_LT'),
              'iNaturalist 2018': ('/data/inat2018', '/data/iNaturalist18'),
              'Places-LT': ('/data/places365', '/data/Places_LT')}

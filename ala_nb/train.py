@@ -94,7 +94,7 @@ def train_one_epoch(run:Run,                # from `build_run`
             x, y = b
             x, y = x.to(run.device, non_blocking=True), y.to(run.device, non_blocking=True)
             if run.channels_last: x = x.contiguous(memory_format=torch.channels_last)
-            loss = train_step(run.model, run.loss_fn, run.opt, x, y, run.sched, run.scaler, run.amp_dtype, run.mark_step)
+            loss = run.train_step(run.model, run.loss_fn, run.opt, x, y, run.sched, run.scaler, run.amp_dtype, run.mark_step)
             stats.update(loss, y, run.loss_fn.terms)
         else: cs()
         step += 1
