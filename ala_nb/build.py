@@ -163,7 +163,7 @@ def check_loss_kw(name:str, # the loss (a `METHODS` name)
                   kw:dict,  # `cfg.loss_kw`
                  ):
     "Each value of `kw` against the type its loss's signature declares; a `ValueError` naming `loss_kw.<key>`."
-    from .losses import _constructor
+    from ala_nb.losses import _constructor
     ctor = _constructor(name)
     cls = getattr(ctor, 'func', ctor)
     hints = typing.get_type_hints(cls.__init__)
