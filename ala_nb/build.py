@@ -4,14 +4,14 @@
 
 # %% auto #0
 __all__ = ['CAUSAL_NORM_ALPHA', 'dist_info', 'is_ddp', 'one_line', 'RankError', 'agree', 'resolve_device', 'setup_device',
-           'dataset_channels', 'load_data', 'Parts', 'cosine_head', 'model_from_spec', 'make_parts', 'SkipSampler',
-           'make_train_loader', 'stratified_subset', 'eval_sets', 'epoch_split', 'make_eval_loaders', 'Run',
-           'cudagraph_skips', 'build_run']
+           'dataset_channels', 'load_data', 'Parts', 'cosine_head', 'model_from_spec', 'check_loss_kw', 'make_parts',
+           'SkipSampler', 'make_train_loader', 'stratified_subset', 'eval_sets', 'epoch_split', 'make_eval_loaders',
+           'Run', 'cudagraph_skips', 'build_run']
 
 # %% ../nbs/04b_build.ipynb #afc5a817
 import os
 os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')    # before torch loads OpenMP: see 04d_train's "CPU threads"
-import random, warnings, itertools, pickle, zipfile
+import random, warnings, itertools, pickle, zipfile, math, typing
 from dataclasses import dataclass
 from typing import Optional
 import numpy as np, torch, torch.nn as nn
@@ -30,7 +30,13 @@ from .bbn import NAME as BBN, BBNResNetCifar, BBNLoader, ReversedLoader, check_c
 def dist_info()->tuple: # (rank, world_size, local_rank)
     "This process's place in the run: from the process group if one is up, else from torchrun's RANK/WORLD_SIZE/LOCAL_RANK."
     if dist.is_available() and dist.is_initialized(): return dist.get_rank(), dist.get_world_size(), int(os.environ.get('LOCAL_RANK', 0))
-    return int(os.environ.get('RANK', 0)), int(os.environ.get('WORLD_SIZE', 1)), int(os.environ.get('LOCAL_RANK', 0))
+    env = {k: os.environ.get(k, '').strip() for k in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK')}
+    try: rank, world, local = int(env['RANK'] or 0), int(env['WORLD_SIZE'] or 1), int(env['LOCAL_RANK'] or 0)
+    except ValueError: rank = world = local = -1
+    if not (0 <= rank < world and local >= 0):
+        raise ValueError(f"RANK={env['RANK'] or '0'}, WORLD_SIZE={env['WORLD_SIZE'] or '1'}, LOCAL_RANK={env['LOCAL_RANK'] or '0'}: "
+                         "expected 0 <= RANK < WORLD_SIZE (integers, as torchrun sets them); unset them for one process")
+    return rank, world, local
 
 def is_ddp()->bool: # several processes in an initialised group
     "Is this process one of several ranks of an initialised process group?"
@@ -162,6 +168,31 @@ def _make_model(cfg:TrainConfig, spec:dict, rank:int)->nn.Module:
             raise ValueError(f"pretrained {pretrained}: not a readable torch state-dict file "
                              f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
 
+def _kw_type(ann)->tuple: # (what a JSON value of a loss parameter annotated `ann` must be, a test of it)
+    opts = typing.get_args(ann) if typing.get_origin(ann) is typing.Union else (ann,)
+    none = type(None) in opts
+    base = next((a for a in opts if a is not type(None)), None)
+    num = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    want, ok = {bool: ('true or false', lambda v: isinstance(v, bool)), float: ('a number', num),
+                int: ('an integer', lambda v: isinstance(v, int) and not isinstance(v, bool)), str: ('a string', lambda v: isinstance(v, str)),
+                torch.Tensor: ('a list of numbers, one per class', lambda v: isinstance(v, (list, tuple)) and all(map(num, v)))
+               }.get(base, (None, lambda v: True))
+    if want and none: return f'{want} or null', lambda v: v is None or ok(v)
+    return want, ok
+
+def check_loss_kw(name:str, # the loss (a `METHODS` name)
+                  kw:dict,  # `cfg.loss_kw`
+                 ):
+    "Each value of `kw` against the type its loss's signature declares; a `ValueError` naming `loss_kw.<key>`."
+    from ala_nb.losses import _constructor
+    ctor = _constructor(name)
+    cls = getattr(ctor, 'func', ctor)
+    hints = typing.get_type_hints(cls.__init__)
+    for k, v in kw.items():
+        if k not in hints: continue                              # an unknown name: `make_loss` lists what the loss takes
+        want, ok = _kw_type(hints[k])
+        if want and not ok(v): raise ValueError(f"loss_kw.{k} {v!r}: {cls.__name__} expects {want}")
+
 def make_parts(cfg:TrainConfig, # a validated config: loss, loss_kw, normed, arch, pretrained, seed, sync_bn, channels_last, SGD
                counts,          # training images per class; C = len(counts)
                device,          # where the model and the loss go
@@ -176,6 +207,7 @@ def make_parts(cfg:TrainConfig, # a validated config: loss, loss_kw, normed, arc
         raise ValueError(f"arch {cfg.arch!r}: {m.label} is built here for {', '.join(m.archs)} only")
     if m.head == 'causal_norm':
         head_kw = dict(alpha=CAUSAL_NORM_ALPHA.get(cfg.dataset, 3.)) | {k: float(kw.pop(k)) for k in _HEAD_KW if k in kw}
+    check_loss_kw(cfg.loss, kw)
     try: loss = make_loss(cfg.loss, list(counts), **kw).to(device)
     except TypeError as e: raise ValueError(f"loss_kw: {e}") from None
     normed = cosine_head(cfg, loss)
@@ -324,6 +356,11 @@ def build_run(cfg:TrainConfig, # a validated config
     if data.in_chans != dataset_channels(cfg.dataset):
         raise ValueError(f"the data has {data.in_chans}-channel images, data set {cfg.dataset!r} {dataset_channels(cfg.dataset)}")
     C, counts = data.num_classes, list(data.counts)
+    n = len(data.train_targets); per_rank = -(-n // world)
+    if cfg.batch_size // world > per_rank:
+        raise ValueError(f"batch_size {cfg.batch_size} is larger than the training set: {n} images"
+                         + (f" ({per_rank} per rank over {world} processes, batch {cfg.batch_size // world} per rank)" if world > 1 else '')
+                         + f"; every epoch would be one short batch: use batch_size <= {n if world == 1 else per_rank * world}")
     parts = make(cfg, counts, device)
     net, cuda = parts.model, device.type == 'cuda'
     model = DDP(net, device_ids=[device.index] if cuda else None) if world > 1 else net

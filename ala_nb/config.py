@@ -310,8 +310,13 @@ def validate_config(cfg:'TrainConfig', # the config to check
         v = getattr(cfg, k)
         need(v >= 1, f"{k} must be an integer >= 1, got {v!r}")
     need(cfg.num_workers >= 0, f"num_workers must be an integer >= 0, got {cfg.num_workers!r}")
-    need(cfg.seed >= 0, f"seed must be an integer >= 0, got {cfg.seed!r}")
-    need(cfg.data_seed >= 0, f"data_seed must be an integer >= 0, got {cfg.data_seed!r}")
+    for k in ('seed', 'data_seed'):                      # numpy's seeds end at 2**32 - 1
+        v = getattr(cfg, k)
+        need(0 <= v < 2**32, f"{k} must be an integer in [0, {2**32 - 1}], got {v!r}")
+    m = METHODS.get(cfg.loss)
+    need(not (cfg.normed is False and m and m.expects_cosine),
+         f"normed false, but loss {cfg.loss!r} expects the cosines of a cosine head (its margins and scale are in cosine "
+         "units, not logits); leave normed unset or true")
     need(cfg.val_per_class is None or cfg.val_per_class >= 0, f"val_per_class must be null or an integer >= 0, got {cfg.val_per_class!r}")
     need(cfg.val_per_class is None or cfg.dataset not in split_sets,
          f"val_per_class applies only to in-memory data sets; {cfg.dataset}'s validation list fixes its validation set")
@@ -349,7 +354,14 @@ def load_config(path, # a .json (or .yaml/.yml) file of TrainConfig fields, e.g.
     "The TrainConfig fields of a config file, read as the command line reads flags (`clean_fields`)."
     p = Path(path)
     if not p.is_file(): raise FileNotFoundError(f"{p}: config file not found" if not p.exists() else f"{p}: not a file")
-    txt = p.read_text()
+    raw = p.read_bytes()
+    if raw[:2] == b'PK' or raw[:1] == b'\x80':                       # a zip (torch.save) or a pickle
+        raise ValueError(f"{p} is a checkpoint, not a config: expected a YAML/JSON file of TrainConfig fields, a run folder "
+                         f"or inline JSON (a run folder's config is its {p.parent}/config.json)")
+    try: txt = raw.decode()
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{p}: not a text file (byte {e.start} is not UTF-8): expected a YAML/JSON file of TrainConfig "
+                         "fields, a run folder or inline JSON") from None
     if p.suffix in ('.yaml', '.yml'):
         try: import yaml
         except ImportError: raise ValueError(f"{p}: reading YAML needs PyYAML (pip install pyyaml); or give a .json file") from None

@@ -51,13 +51,15 @@ def fsync_dir(d):
 def write_bytes(path,     # destination
                 data:bytes, # the whole new content
                )->Path:
-    "Write `data` to `path` atomically: a temporary sibling, fsync, `os.replace`; the temporary file never stays behind."
+    "Write `data` to `path` atomically: a temporary sibling, fsync, `os.replace`; the temporary file never stays behind, an OS error names `path`."
     path = Path(path); tmp = tmp_path(path)
     try:
         with open(tmp, 'wb') as f: f.write(data); f.flush(); os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True); raise
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.errno and not e.filename: raise OSError(e.errno, e.strerror, str(path)) from None
+        raise
     fsync_dir(path.parent)
     return path
 
@@ -192,8 +194,15 @@ def check_run_folder(folder,             # the run folder
                      resume:bool=False,  # the command continues the run
                      overwrite:bool=False, # the command replaces the run
                     )->dict:             # `folder_state`
-    "Refuse a folder that holds a run unless resume or overwrite was asked for; refuse an overwrite over a kept older run."
+    "Refuse a folder that holds a run unless resume or overwrite was asked for; refuse a folder that keeps an older run in `replaced/` unless the run that set it aside is resumed."
     st = folder_state(folder)
+    own = resume and any(f in st['held'] for f in (CKPT, CKPT_PREV))       # the run that set it aside, continued
+    if st['replaced'] and not (own or overwrite):
+        kept = Path(folder)/REPLACED
+        raise FileExistsError(f"run folder {folder} keeps an older run in {kept} that an --overwrite set aside and did not "
+                              f"finish{'' if resume else ' replacing'}; to keep it, move it back (mv {kept}/* {folder}/ and "
+                              f"remove {kept}), or --resume the replacing run if it saved a checkpoint, or delete {kept} and use "
+                              "--overwrite")
     if st['held'] and not (resume or overwrite):
         raise FileExistsError(f"run folder {folder} already holds a run ({', '.join(st['held'])}); "
                               "pass --resume to continue it or --overwrite to replace it")
@@ -245,6 +254,7 @@ class LiveRun:
     fresh:bool=False         # a fresh run (not a resume)
     saved:bool=False         # a checkpoint has been written
     replaced:list=None       # the names `set_aside` moved into `replaced/`
+    owns_replaced:bool=False # `replaced/` was set aside by this run (or the run it resumes): it drops it when it finishes
     lock:RunLock=None        # held from `claim_run_folder` until released
 
 def claim_run_folder(live:LiveRun, # its `out` is the folder to claim
@@ -253,7 +263,7 @@ def claim_run_folder(live:LiveRun, # its `out` is the folder to claim
     "Lock the run folder (creating it) and check that the run may use it; `live` records both."
     live.created = not live.out.exists()
     live.lock = RunLock(live.out).acquire()
-    check_run_folder(live.out, resume, overwrite)
+    live.owns_replaced = check_run_folder(live.out, resume, overwrite)['replaced']   # only a resume gets this far with one
     return live
 
 def start_run_folder(live:LiveRun,   # claimed
@@ -269,6 +279,7 @@ def start_run_folder(live:LiveRun,   # claimed
     clean_leftovers(out)
     if overwrite:
         live.replaced = set_aside(out)
+        live.owns_replaced = bool(live.replaced)
         if live.replaced: log(f"--overwrite: the run that was in {out} is kept in {out/REPLACED} until this one finishes")
     if resumed and not (out/CONFIG).exists(): log(f"{out/CONFIG} was missing: rewritten from {out/CKPT}")
     write_json(out/CONFIG, config)
@@ -290,15 +301,29 @@ def undo_start(live:LiveRun):
 def finish_run_folder(out:Path,     # the run folder
                       outputs:dict, # target, pred, p_true of every test image (`write_outputs`)
                       final:dict,   # final.json's record
+                      drop:bool=False, # drop `replaced/`: this run set it aside (`LiveRun.owns_replaced`)
                      ):
-    "Write a finished run's results (test_outputs.npz, then final.json) and drop the run an `--overwrite` set aside."
+    "Write a finished run's results (test_outputs.npz, then final.json) and drop the run its `--overwrite` set aside."
     write_outputs(out/OUTPUTS, outputs)
     write_json(out/FINAL, final)
-    drop_replaced(out)
+    if drop: drop_replaced(out)
 
-def elastic_restart()->bool: # this process restarts an elastic group: the run resumes, never overwrites
-    "Is this a restart of an elastic group (`torchrun --max_restarts` sets TORCHELASTIC_RESTART_COUNT > 0)?"
-    return int(os.environ.get('TORCHELASTIC_RESTART_COUNT', '0') or 0) > 0
+_TORCHRUN_VARS = ('TORCHELASTIC_RUN_ID', 'TORCHELASTIC_MAX_RESTARTS', 'GROUP_RANK', 'LOCAL_WORLD_SIZE', 'RANK', 'WORLD_SIZE')
+
+def elastic_restart(env=None, # a mapping like os.environ (default: os.environ)
+                   )->bool:   # this process restarts an elastic group: the run resumes, never overwrites
+    "Is this a restart of an elastic group (`torchrun --max_restarts` sets TORCHELASTIC_RESTART_COUNT > 0, with its other variables)?"
+    env = os.environ if env is None else env
+    s = env.get('TORCHELASTIC_RESTART_COUNT', '').strip()
+    try: n = int(s) if s else 0
+    except ValueError: n = -1
+    if n == 0: return False
+    missing = [k for k in _TORCHRUN_VARS if not env.get(k, '').strip()]
+    if n < 0 or missing:
+        raise ValueError(f"TORCHELASTIC_RESTART_COUNT={s} but this process was not started by torchrun "
+                         f"({'no ' + ', '.join(missing) if missing else 'expected a count >= 0'}): a variable left in the "
+                         "shell would turn this run into a resume; unset TORCHELASTIC_RESTART_COUNT")
+    return True
 
 # %% ../nbs/04_runs.ipynb #d5c32751
 def _git(d:Path, *args)->str: # git's stdout in folder d; raises FileNotFoundError without git, CalledProcessError outside a checkout

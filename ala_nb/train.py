@@ -260,12 +260,17 @@ def _start(cfg:TrainConfig, S:_State, rank:int, log)->tuple: # (run, checkpoint 
         st = load_checkpoint(out, log) if cfg.resume else None        # every rank, from its own folder
         if st is not None: check_resume(TrainConfig.from_dict(st['config']), cfg, out, st['epoch'])
         if cfg.tensorboard and rank == 0: _tensorboard()                   # fails early, before anything is written
+    except Exception as e:
+        if not is_ddp(): raise
+        err = one_line(e)
+    agree(err, fingerprint(cfg, (st['epoch'], st['step'], st['digest']) if st else None) if err is None else None)
+    try:                                  # after the ranks agree on the config: DDP's own check of the models never speaks first
         if cfg.first_stage is None: run = build_run(cfg)
         else: from ala_nb.second_stage import build_stage_run; run = build_stage_run(cfg)   # 04e, after the loop
     except Exception as e:
         if not is_ddp(): raise
         err = one_line(e)
-    agree(err, fingerprint(cfg, (st['epoch'], st['step'], st['digest']) if st else None) if err is None else None)
+    agree(err)
     S.live.fresh = st is None
     def write():
         start_run_folder(S.live, asdict(cfg), st['epoch'] if st else 0, cfg.overwrite, st is not None, log)
@@ -345,7 +350,7 @@ def _finish(run:Run, S:_State, final_out:Optional[dict], clock:Clock)->dict:
                first_step_s=round(clock.first_step_s or 0., 3),
                dataset=cfg.dataset, arch=cfg.arch, drw_epoch=cfg.drw_epoch, world_size=run.world_size, device=str(run.device),
                model=run.model_spec, provenance=provenance(run.world_size, run.device))
-    rank0_write(run.rank, out, lambda: finish_run_folder(out, final_out, res))
+    rank0_write(run.rank, out, lambda: finish_run_folder(out, final_out, res, drop=S.live.owns_replaced))
     if S.rank_dump:
         write_json(out/f'rank{run.rank}.json', dict(rank=run.rank, sha256=state_digest(run.net.state_dict())))
     return _jsonable(res)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Optional
 from .methods import METHODS, method_names
 from .cli import (call_parse, Choice, ARCH_NAMES, DATASET_NAMES, AMP_MODES, COMPILE_MODES, DOWNLOADABLE, is_timm,
-                        is_cuda_n, EXIT_BAD_INPUT, EXIT_NON_FINITE, EXIT_INTERRUPTED)
+                        is_cuda_n, EXIT_BAD_INPUT, EXIT_NON_FINITE, EXIT_INTERRUPTED, EXIT_PREEMPTED, ends_quietly)
 from .config import (TrainConfig, PRESETS, STEPS, SAMPLERS, SCHEDULES, CLI_ONLY, get_config, validate_config,
                            load_config, clean_fields, effective_fields)
 from .runs import CONFIG, run_dir, write_json, _jsonable, elastic_restart
@@ -53,6 +53,9 @@ def resolve_cli_config(preset:Optional[str], # --preset, or None
         from ala_nb.second_stage import stage_config; c = stage_config(**{**given, **({'preset': preset} if preset else {})})
     else: c = get_config(preset or given.get('preset') or 'fmnist_lt', **{k: v for k, v in given.items() if k != 'preset'})
     folder = Path(out) if out else run_dir(c)
+    if resume and not folder.exists() and not elastic_restart():   # a restarted group resumes what there is, even nothing
+        raise FileNotFoundError(f"--resume of {folder}: no such run folder (give the folder of the run to continue with --out; "
+                                "without --resume a new run starts there)")
     if resume:
         saved = None
         if (folder/CONFIG).exists(): saved = load_config(folder/CONFIG)
@@ -148,9 +151,9 @@ def ala_train(config:str=None,        # a YAML/JSON file of TrainConfig fields, 
               **fields,               # TrainConfig fields (the flags of `train_flags`; `data_root` for `root`, `workers` for `num_workers`)
              ):
     "Train one long-tailed recognition run (default: Fashion-MNIST-LT, ResNet-8, the ALA loss with DRW) and write its run folder."
-    rank = int(os.environ.get('RANK', 0))
-    def fail(code, msg):
-        if rank == 0: print(f"ala_train: error: {msg}", file=sys.stderr)
+    rank = os.environ.get('RANK', '0').strip() or '0'
+    def fail(code, msg):                         # every rank says why it stops: a rank's own error may be the only one
+        print(f"ala_train: error: {msg}", file=sys.stderr)
         sys.exit(code)
     given = {_FLAG_OF.get(k, k): v for k, v in fields.items() if v is not None}
     preset, out = given.pop('preset', None), given.pop('out', None)
@@ -167,16 +170,15 @@ def ala_train(config:str=None,        # a YAML/JSON file of TrainConfig fields, 
         c = resolve_cli_config(preset, {**files, **given}, out, resume, overwrite)   # validated here, once
     except (ValueError, TypeError, OSError) as e: fail(EXIT_BAD_INPUT, ' '.join(str(e).split()) or type(e).__name__)
     if print_config:
-        if rank == 0: print(json.dumps(_jsonable(effective_fields(c)), indent=1))
+        if rank == '0': print(json.dumps(_jsonable(effective_fields(c)), indent=1))
         return
-    from ala_nb.train import train, NonFiniteLoss, one_line   # torch, now that there is a run
-    from ala_nb.evaluate import format_results
-    try:
-        fetch_data(c, download)
-        res = train(c)
-    except NonFiniteLoss as e: fail(EXIT_NON_FINITE, one_line(e))
-    except (ValueError, TypeError, OSError) as e: fail(EXIT_BAD_INPUT, one_line(e))
-    if res.get('preempted'):
-        if res.get('signal') == 'SIGINT': sys.exit(EXIT_INTERRUPTED)
-        return
-    if rank == 0: print(format_results(res))
+    with ends_quietly('ala_train'):              # Ctrl-C before the loop (loading data, building): one line, 130, undone
+        from ala_nb.train import train, NonFiniteLoss, one_line   # torch, now that there is a run
+        from ala_nb.evaluate import format_results
+        try:
+            fetch_data(c, download)
+            res = train(c)
+        except NonFiniteLoss as e: fail(EXIT_NON_FINITE, one_line(e))
+        except (ValueError, TypeError, OSError) as e: fail(EXIT_BAD_INPUT, one_line(e))
+        if res.get('preempted'): sys.exit(EXIT_INTERRUPTED if res.get('signal') == 'SIGINT' else EXIT_PREEMPTED)
+        if rank == '0': print(format_results(res))

@@ -107,7 +107,7 @@ def test_two_runs_on_one_folder_second_is_refused(tmp_path):
     line = one_error(b)
     assert f'run folder {out} is in use by pid {a.pid} on host {socket.gethostname()}' in line, line
     assert 'is in use by pid' in one_error(r)
-    assert a.returncode == 0, (tmp_path/'a.log').read_text()
+    assert a.returncode == 143, (tmp_path/'a.log').read_text()     # preempted (EXIT_PREEMPTED)
     cfg, st = json.loads((out/'config.json').read_text()), ckpt(out)
     assert cfg['loss'] == st['config']['loss'] == 'ala'
     ep = [m['epoch'] for m in metrics(out)] if (out/'metrics.jsonl').exists() else []
@@ -166,6 +166,7 @@ BAD = [  # (arguments, what the one error line must name)
     (['--data_root', '/etc/passwd'], 'data root /etc/passwd is not a folder'),
     (['--data_root', '/tmp'], 'data root /tmp: Fashion-MNIST not found there'),
     (['--cfg', '/nonexistent/config.json'], '/nonexistent/config.json: config file not found'),
+    (['--batch_size', '1000'], 'batch_size 1000 is larger than the training set'),
 ]
 
 def test_bad_input_one_line(tmp_path):
@@ -260,3 +261,81 @@ def test_ctrl_c_saves_and_resumes_exactly(tmp_path):
     a, b = ckpt(out)['model'], ckpt(ref)['model']
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert metrics(out) == metrics(ref)
+
+
+# ------------------------------------------------------------------------------------------------ issue 17: what a command reads is checked
+def _replaced_left_behind(finished, out):
+    "What a `--overwrite` killed before its first checkpoint leaves: the finished run in replaced/, a config.json on top."
+    out.mkdir(); shutil.copytree(finished, out/'replaced')
+    shutil.copy(finished/'config.json', out/'config.json')
+    return out
+
+def test_only_the_run_that_set_a_run_aside_may_drop_it(finished, tmp_path):
+    out = _replaced_left_behind(finished, tmp_path/'run')
+    before = snapshot(out)
+    for args in ([], ['--resume']):                          # a plain run; a resume with nothing to resume
+        line = one_error(cli(*TINY, '--out', out, *args))
+        assert f'{out}/replaced' in line and 'move it back' in line and '--overwrite' in line, line
+        assert snapshot(out) == before, args                 # the finished run is still there, complete
+
+def test_a_stray_torchelastic_restart_count_is_refused(finished, tmp_path):
+    out = copy(finished, tmp_path/'run')
+    before = snapshot(out)
+    line = one_error(cli(*TINY, '--out', out, '--overwrite', env=dict(ENV, TORCHELASTIC_RESTART_COUNT='1')))
+    assert 'TORCHELASTIC_RESTART_COUNT=1' in line and 'torchrun' in line, line
+    assert snapshot(out) == before
+
+def test_resume_of_a_missing_folder_is_refused(tmp_path):
+    out = tmp_path/'nowhere'
+    line = one_error(cli(*TINY, '--resume', '--out', out))
+    assert f'--resume of {out}: no such run folder' in line, line
+    assert not out.exists()
+
+def test_a_checkpoint_given_as_config_is_named(finished):
+    line = one_error(cli('--config', finished/'checkpoint.pt', '--out', finished/'x'))
+    assert f'{finished}/checkpoint.pt is a checkpoint, not a config' in line and 'YAML/JSON' in line, line
+    assert 'utf-8' not in line.lower()
+
+def _driver(tmp_path, body, *argv, env=None):
+    "Run `ala_train` with `argv` in a fresh interpreter after `body` (Python that patches the package) has run."
+    d = tmp_path/'driver.py'
+    d.write_text('import sys, os, errno, time\n' + body + '\nfrom ala_nb.train_cli import ala_train\n'
+                 f'sys.argv = ["ala_train", *{[str(a) for a in argv]!r}]\nsys.exit(ala_train())\n')
+    return subprocess.Popen([sys.executable, str(d)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=ROOT, env=dict(ENV, **(env or {})))
+
+def test_ctrl_c_during_start_up_is_one_line_and_leaves_nothing(tmp_path):
+    out = tmp_path/'run'
+    slow = ('import ala_nb.build as B\nload = B.load_data\n'
+            'def slow(cfg): time.sleep(60); return load(cfg)\nB.load_data = slow\n')
+    p = _driver(tmp_path, slow, *TINY, '--out', out)
+    wait_for(lambda: (out/'run.lock').exists(), p)
+    time.sleep(0.5)
+    p.send_signal(signal.SIGINT)
+    o, e = p.communicate(timeout=60)
+    assert p.returncode == 130 and e.strip().splitlines() == ['ala_train: interrupted'], (p.returncode, e[-3000:])
+    assert not out.exists()
+
+def test_full_disk_while_writing_final_json_names_the_file(tmp_path):
+    out = tmp_path/'run'
+    full = ('import os as _os\nreplace = _os.replace\n'
+            'def nospace(a, b, *k, **kw):\n'
+            '    if str(b).endswith("final.json"): raise OSError(errno.ENOSPC, _os.strerror(errno.ENOSPC))\n'
+            '    return replace(a, b, *k, **kw)\n'
+            '_os.replace = nospace\n')
+    p = _driver(tmp_path, full, *TINY, '--epochs', '1', '--out', out)
+    o, e = p.communicate(timeout=300)
+    lines = e.strip().splitlines()
+    assert p.returncode == 2 and len(lines) == 1 and 'Traceback' not in e, (p.returncode, e[-3000:])
+    assert f'{out}/final.json' in lines[0] and 'No space left on device' in lines[0], lines[0]
+    assert not (out/'final.json').exists() and ckpt(out)['epoch'] == 1      # the last checkpoint is kept
+
+def test_a_bad_flag_on_another_rank_still_says_why(tmp_path):
+    p = cli(*TINY, '--lr', '0', '--out', tmp_path/'r', env=dict(ENV, RANK='1', WORLD_SIZE='2'))
+    assert 'lr must be a finite number > 0' in one_error(p)
+
+def test_a_stray_rank_without_a_group_is_refused(tmp_path):
+    "RANK=1 left in the shell, no WORLD_SIZE: a rank that writes nothing would train for nothing."
+    line = one_error(cli(*TINY, '--out', tmp_path/'r', env=dict(ENV, RANK='1')))
+    assert 'RANK=1' in line and 'WORLD_SIZE=1' in line, line
+    assert not (tmp_path/'r').exists()

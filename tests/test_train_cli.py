@@ -127,6 +127,12 @@ BAD = [  # (arguments, what the one error line must name)
     (['--schedule', 'linear'], "unknown schedule 'linear'"),
     (['--workers', 'many'], "argument --num_workers/--workers: invalid int value: 'many'"),
     (['--preset', 'fmnist_lt', '--cfg', '{"preset": "cifar10_lt"}'], 'is a cifar10_lt config'),
+    (['--cfg', '{"normed": false}'], "normed false, but loss 'ala' expects the cosines of a cosine head"),
+    (['--loss', 'ldam', '--cfg', '{"normed": false}'], "loss 'ldam' expects the cosines"),
+    (['--cfg', '{"loss_kw": {"s": "abc"}}'], "loss_kw.s 'abc': ALALoss expects a number"),
+    (['--cfg', '{"loss_kw": {"difficulty": 3}}'], 'loss_kw.difficulty 3: ALALoss expects true or false'),
+    (['--seed', '100000000000000000000'], 'seed must be an integer in [0, 4294967295], got 100000000000000000000'),
+    (['--cfg', '{"data_seed": 4294967296}'], 'data_seed must be an integer in [0, 4294967295]'),
 ]
 
 def _driver(tmp_path, cases) -> list:

@@ -71,6 +71,14 @@ def test_nodes_with_different_settings_are_refused(tmp_path):
     _one_error_each(res, "the ranks disagree: loss 'ala' on rank 0, 'ldam' on rank 1")
     assert not (tmp_path/'run').exists()
 
+def test_nodes_with_different_heads_are_refused_by_name(tmp_path):
+    "`--loss ala` (cosine head) and `--loss ce` (linear head): the ranks agree before DDP compares the models; every rank says why."
+    res = nodes([*TINY, '--out', tmp_path/'run'], [*TINY, '--loss', 'ce', '--out', tmp_path/'run'])
+    _one_error_each(res, "the ranks disagree: loss 'ala' on rank 0, 'ce' on rank 1")
+    assert all('DDP' not in err and 'Traceback' not in err for _, _, err in res), res
+    assert "loss 'ala' on rank 0" in res[1][2], res[1][2][-2000:]   # rank 1 says it too
+    assert not (tmp_path/'run').exists()
+
 def test_resume_without_a_shared_folder_is_refused(tmp_path):
     "Each node its own --out: rank 0's holds a checkpoint, rank 1's none. Both stop; nothing is trained or written."
     a, b = tmp_path/'a', tmp_path/'b'
