@@ -234,12 +234,20 @@ class _FirstStep:
             self.clock.first_step_s = (self.clock.first_step_s or 0.) + time.time() - self.t0
         if self.then is not None: self.then(step)
 
-def _tensorboard(out=None,        # the run folder, or None to check that TensorBoard can be imported
-                 purge_step:int=1, # the first global step this launch trains: events from there on are dropped
+def _tensorboard(out=None,     # the run folder, or None to check that TensorBoard can be imported
+                 epochs:int=0,  # epochs done (the checkpoint's): later epoch points are dropped
+                 steps:int=0,   # global steps done (the checkpoint's): later step points are dropped
                 ):
     try: from torch.utils.tensorboard import SummaryWriter
     except ImportError: raise ValueError("--tensorboard needs TensorBoard: pip install 'ala_nb[tb]'") from None
-    return SummaryWriter(str(out/TB), purge_step=purge_step) if out is not None else None
+    return _Board(SummaryWriter(str(out/TB), purge_step=epochs + 1), SummaryWriter(str(out/TB/'steps'), purge_step=steps + 1)) if out is not None else None
+
+class _Board:
+    "A run's two TensorBoard writers: `tb/` per epoch (x: epoch; `add_scalar` writes here), `tb/steps/` per host sync (x: global step)."
+    def __init__(self, epochs, steps): self.epochs, self.steps = epochs, steps
+    def add_scalar(self, *a): self.epochs.add_scalar(*a)
+    def flush(self): self.steps.flush(); self.epochs.flush()
+    def close(self): self.steps.close(); self.epochs.close()
 
 def _log_tb(tb, rec:dict, trace:Optional[dict]):
     e = rec['epoch']
@@ -256,15 +264,15 @@ from .config import RESUME_MAY_CHANGE
 from .runs import write_metrics_csv
 
 class _StepLog:
-    "TensorBoard's step points of one epoch, fed at each host sync: the mean loss since the previous point and the lr of the last step."
-    def __init__(self, tb, cfg:TrainConfig, epoch:int, steps:int, # the writer; the run's config; 0-based epoch; its steps
+    "TensorBoard's step points of one epoch (`tb/steps/`), fed at each host sync: the mean loss since the previous point and the lr of the last step."
+    def __init__(self, tb, cfg:TrainConfig, epoch:int, steps:int, # the `_Board`; the run's config; 0-based epoch; its steps
                  base=(0., 0.)): # (loss sum, samples) of the epoch's steps already done (a mid-epoch resume)
         self.tb, self.cfg, self.epoch, self.steps, (self.loss, self.n) = tb, cfg, epoch, steps, base
     def __call__(self, step:int, loss:float, n:float): # steps of the epoch done; the epoch's loss sum and samples so far
         if n <= self.n: return                                    # no step since the previous point
         x = self.epoch * self.steps + step
-        self.tb.add_scalar('step/loss', (loss - self.loss) / (n - self.n), x)
-        self.tb.add_scalar('step/lr', self.cfg.lr * lr_factor(self.cfg, self.epoch, step - 1, self.steps), x)
+        self.tb.steps.add_scalar('step/loss', (loss - self.loss) / (n - self.n), x)
+        self.tb.steps.add_scalar('step/lr', self.cfg.lr * lr_factor(self.cfg, self.epoch, step - 1, self.steps), x)
         self.loss, self.n = loss, n
 
 def _sums(stats:EpochStats)->tuple: return tuple(torch.stack([stats.loss, stats.n]).tolist())   # one read
@@ -276,10 +284,10 @@ def _hparams(cfg:TrainConfig)->dict: # name -> bool/int/float/str (lists and dic
     return dict(hp, drw=drw_enabled(cfg))
 
 def _log_hparams(tb, cfg:TrainConfig, top1:dict, step:int):
-    "Once, at the end: the hyperparameters and the final top-1 (fractions) for TensorBoard's HParams tab, at `step`."
+    "Once, at the end: the hyperparameters and the final top-1 (fractions) for TensorBoard's HParams tab, in `tb/` at x = `step`."
     from torch.utils.tensorboard.summary import hparams
     final = {f'final/top1_{g}': v for g, v in top1.items() if v is not None}
-    w = tb._get_file_writer()
+    w = tb.epochs._get_file_writer()
     for s in hparams(_hparams(cfg), final): w.add_summary(s, step)
     for k, v in final.items(): tb.add_scalar(k, v, step)
     tb.flush()
@@ -306,7 +314,7 @@ def _start(cfg:TrainConfig, S:_State, rank:int, log)->tuple: # (run, checkpoint 
     S.live.fresh = st is None
     def write():
         start_run_folder(S.live, asdict(cfg), st['epoch'] if st else 0, cfg.overwrite, st is not None, log)
-        if cfg.tensorboard: S.tb = _tensorboard(out, 1 + (st['epoch'] * run.steps_per_epoch + st['step'] if st else 0))
+        if cfg.tensorboard: S.tb = _tensorboard(out, *((st['epoch'], st['epoch'] * run.steps_per_epoch + st['step']) if st else (0, 0)))
     rank0_write(rank, out, write)
     return run, st
 
@@ -384,7 +392,7 @@ def _finish(run:Run, S:_State, final_out:Optional[dict], clock:Clock)->dict:
                dataset=cfg.dataset, arch=cfg.arch, drw_epoch=cfg.drw_epoch, world_size=run.world_size, device=str(run.device),
                model=run.model_spec)
     def write():
-        if S.tb is not None: _log_hparams(S.tb, cfg, top1, cfg.epochs * run.steps_per_epoch + 1)
+        if S.tb is not None: _log_hparams(S.tb, cfg, top1, cfg.epochs + 1)
         finish_run_folder(out, final_out, res)
     rank0_write(run.rank, out, write)
     if S.rank_dump:
