@@ -39,13 +39,13 @@ class Preemption:
         for s, h in self._old.items(): signal.signal(s, h)
         self._old = {}
 
-def _sync_check(stats:EpochStats, stop:bool, device)->tuple: # (any rank asked to stop, all losses finite)
-    "The one host sync: is the loss so far finite on every rank, and has any rank been asked to stop?"
+def _sync_check(stats:EpochStats, stop:bool, device)->tuple: # (any rank asked to stop, all losses finite, loss sum, samples)
+    "The one host sync: is the loss so far finite on every rank, has any rank been asked to stop, and the epoch's loss sums so far (over ranks)?"
     v = torch.stack([torch.tensor(float(stop), device=device, dtype=torch.float64),
-                     (~torch.isfinite(stats.loss)).to(torch.float64)])
-    if is_ddp(): dist.all_reduce(v, op=dist.ReduceOp.MAX)
+                     (~torch.isfinite(stats.loss)).to(torch.float64), stats.loss, stats.n])
+    if is_ddp(): dist.all_reduce(v)                       # a sum: a 0/1 flag summed over ranks is > 0 iff any rank set it
     v = v.tolist()
-    return v[0] > 0, v[1] == 0
+    return v[0] > 0, v[1] == 0, v[2], v[3]
 
 class NonFiniteLoss(FloatingPointError): pass
 
@@ -60,6 +60,7 @@ def train_one_epoch(run:Run,                # from `build_run`
                     steps:Optional[int]=None, # steps in this epoch (default `run.steps_per_epoch`)
                     progress=None,          # called as progress(step) after every step (plain-text progress lines)
                     delay:float=0.,         # seconds slept after every step (the `ALA_TEST_STEP_DELAY` test hook)
+                    on_sync=None,           # called as on_sync(step, loss sum, samples) at every host sync (the epoch's sums so far, over ranks)
                    )->int:                  # steps of the epoch done; < steps if stopped
     "Train one epoch (or its rest), accumulating `stats`; raise `NonFiniteLoss` at a sync point if the loss is not finite."
     cfg, cs = run.cfg, run.cstep
@@ -102,8 +103,9 @@ def train_one_epoch(run:Run,                # from `build_run`
         if progress is not None: progress(step)
         flag = preempt is not None and preempt.flag
         if (step % cfg.log_every == 0) or (flag and not ddp):
-            stop, finite = _sync_check(stats, flag, run.device)
+            stop, finite, loss_sum, n = _sync_check(stats, flag, run.device)
             if not finite: raise NonFiniteLoss(f"non-finite training loss in epoch {epoch + 1}, by step {step}")
+            if on_sync is not None: on_sync(step, loss_sum, n)
             if stop and step < steps: break
     return step
 
@@ -232,10 +234,20 @@ class _FirstStep:
             self.clock.first_step_s = (self.clock.first_step_s or 0.) + time.time() - self.t0
         if self.then is not None: self.then(step)
 
-def _tensorboard(out=None): # the run folder, or None to check that TensorBoard can be imported
+def _tensorboard(out=None,     # the run folder, or None to check that TensorBoard can be imported
+                 epochs:int=0,  # epochs done (the checkpoint's): later epoch points are dropped
+                 steps:int=0,   # global steps done (the checkpoint's): later step points are dropped
+                ):
     try: from torch.utils.tensorboard import SummaryWriter
     except ImportError: raise ValueError("--tensorboard needs TensorBoard: pip install 'ala_nb[tb]'") from None
-    return SummaryWriter(str(out/TB)) if out is not None else None
+    return _Board(SummaryWriter(str(out/TB), purge_step=epochs + 1), SummaryWriter(str(out/TB/'steps'), purge_step=steps + 1)) if out is not None else None
+
+class _Board:
+    "A run's two TensorBoard writers: `tb/` per epoch (x: epoch; `add_scalar` writes here), `tb/steps/` per host sync (x: global step)."
+    def __init__(self, epochs, steps): self.epochs, self.steps = epochs, steps
+    def add_scalar(self, *a): self.epochs.add_scalar(*a)
+    def flush(self): self.steps.flush(); self.epochs.flush()
+    def close(self): self.steps.close(); self.epochs.close()
 
 def _log_tb(tb, rec:dict, trace:Optional[dict]):
     e = rec['epoch']
@@ -244,6 +256,40 @@ def _log_tb(tb, rec:dict, trace:Optional[dict]):
         if v is not None: tb.add_scalar(f'top1/{g}', v, e)
     for g, terms in (trace or {}).items():
         for k, v in (terms or {}).items(): tb.add_scalar(f'adjust/{g}/{k}', v, e)
+    tb.flush()
+
+# %% ../nbs/04d_train.ipynb #6b108820
+import json
+from .config import RESUME_MAY_CHANGE
+from .runs import write_metrics_csv
+
+class _StepLog:
+    "TensorBoard's step points of one epoch (`tb/steps/`), fed at each host sync: the mean loss since the previous point and the lr of the last step."
+    def __init__(self, tb, cfg:TrainConfig, epoch:int, steps:int, # the `_Board`; the run's config; 0-based epoch; its steps
+                 base=(0., 0.)): # (loss sum, samples) of the epoch's steps already done (a mid-epoch resume)
+        self.tb, self.cfg, self.epoch, self.steps, (self.loss, self.n) = tb, cfg, epoch, steps, base
+    def __call__(self, step:int, loss:float, n:float): # steps of the epoch done; the epoch's loss sum and samples so far
+        if n <= self.n: return                                    # no step since the previous point
+        x = self.epoch * self.steps + step
+        self.tb.steps.add_scalar('step/loss', (loss - self.loss) / (n - self.n), x)
+        self.tb.steps.add_scalar('step/lr', self.cfg.lr * lr_factor(self.cfg, self.epoch, step - 1, self.steps), x)
+        self.loss, self.n = loss, n
+
+def _sums(stats:EpochStats)->tuple: return tuple(torch.stack([stats.loss, stats.n]).tolist())   # one read
+
+def _hparams(cfg:TrainConfig)->dict: # name -> bool/int/float/str (lists and dicts as JSON), None left out
+    "The run's hyperparameters for TensorBoard: its config less what may change on resume (but `epochs`), DRW resolved."
+    hp = {k: v if isinstance(v, (bool, int, float, str)) else json.dumps(_jsonable(v))
+          for k, v in asdict(cfg).items() if v is not None and (k not in RESUME_MAY_CHANGE or k == 'epochs')}
+    return dict(hp, drw=drw_enabled(cfg))
+
+def _log_hparams(tb, cfg:TrainConfig, top1:dict, step:int):
+    "Once, at the end: the hyperparameters and the final top-1 (fractions) for TensorBoard's HParams tab, in `tb/` at x = `step`."
+    from torch.utils.tensorboard.summary import hparams
+    final = {f'final/top1_{g}': v for g, v in top1.items() if v is not None}
+    w = tb.epochs._get_file_writer()
+    for s in hparams(_hparams(cfg), final): w.add_summary(s, step)
+    for k, v in final.items(): tb.add_scalar(k, v, step)
     tb.flush()
 
 # %% ../nbs/04d_train.ipynb #ac999b11
@@ -274,7 +320,7 @@ def _start(cfg:TrainConfig, S:_State, rank:int, log)->tuple: # (run, checkpoint 
     S.live.fresh = st is None
     def write():
         start_run_folder(S.live, asdict(cfg), st['epoch'] if st else 0, cfg.overwrite, st is not None, log)
-        if cfg.tensorboard: S.tb = _tensorboard(out)
+        if cfg.tensorboard: S.tb = _tensorboard(out, *((st['epoch'], st['epoch'] * run.steps_per_epoch + st['step']) if st else (0, 0)))
     rank0_write(rank, out, write)
     return run, st
 
@@ -303,7 +349,8 @@ def _epoch(run:Run, S:_State, epoch:int, stats:EpochStats, s0:int, pre:Preemptio
     prog = (_Progress(run, epoch, s0, cfg.progress_every, last_epoch_s, write)
             if is0 and mb is None and cfg.progress_every > 0 else None)
     if last_epoch_s is None: prog = _FirstStep(run, clock, t0, prog)  # a launch's first epoch: time its first step
-    step = train_one_epoch(run, epoch, stats, s0, pre, parent=mb, progress=prog, delay=S.delay)
+    slog = _StepLog(S.tb, cfg, epoch, run.steps_per_epoch, _sums(stats) if s0 else (0., 0.)) if S.tb is not None else None
+    step = train_one_epoch(run, epoch, stats, s0, pre, parent=mb, progress=prog, delay=S.delay, on_sync=slog)
     if run.device.type == 'cuda': torch.cuda.synchronize()
     _check_cudagraphs(run, write)
     clock.train_s += time.time() - t0
@@ -311,11 +358,13 @@ def _epoch(run:Run, S:_State, epoch:int, stats:EpochStats, s0:int, pre:Preemptio
     if step < run.steps_per_epoch:                                   # preempted mid-epoch
         stats.all_reduce()
         clock.lap()
+        if S.tb is not None: S.tb.flush()                           # the step points up to the checkpoint
         if is0: save_checkpoint(run_state(run, epoch, step, stats, clock.state()), out); S.live.saved = True
         return 'preempted', step, None
     stats.all_reduce()
     loss = stats.mean_loss()
     if not math.isfinite(loss): raise NonFiniteLoss(f"non-finite training loss in epoch {epoch + 1}")
+    if slog is not None: slog(step, *_sums(stats))                 # the steps after the epoch's last sync
     if is_ddp():
         for b in run.net.buffers(): dist.broadcast(b, 0)
     last = epoch == cfg.epochs - 1
@@ -328,7 +377,7 @@ def _epoch(run:Run, S:_State, epoch:int, stats:EpochStats, s0:int, pre:Preemptio
                split=run.eval_split[key], top1=top1, per_class=per_class, drw=drw_enabled(cfg) and epoch >= cfg.drw_epoch,
                wall_s=round(clock.wall_s, 3))
     def write_epoch():
-        append_jsonl(out/METRICS, rec)
+        append_jsonl(out/METRICS, rec); write_metrics_csv(out)
         tr = stats.trace(run.groups)
         if tr is not None: append_jsonl(out/TRACE, dict(epoch=epoch + 1, **tr))
         if S.tb is not None: _log_tb(S.tb, rec, tr)
@@ -350,7 +399,10 @@ def _finish(run:Run, S:_State, final_out:Optional[dict], clock:Clock)->dict:
                first_step_s=round(clock.first_step_s or 0., 3),
                dataset=cfg.dataset, arch=cfg.arch, drw_epoch=cfg.drw_epoch, world_size=run.world_size, device=str(run.device),
                model=run.model_spec, provenance=provenance(run.world_size, run.device))
-    rank0_write(run.rank, out, lambda: finish_run_folder(out, final_out, res, drop=S.live.owns_replaced))
+    def write():
+        if S.tb is not None: _log_hparams(S.tb, cfg, top1, cfg.epochs + 1)
+        finish_run_folder(out, final_out, res, drop=S.live.owns_replaced)
+    rank0_write(run.rank, out, write)
     if S.rank_dump:
         write_json(out/f'rank{run.rank}.json', dict(rank=run.rank, sha256=state_digest(run.net.state_dict())))
     return _jsonable(res)

@@ -118,7 +118,7 @@ def test_cli_refusals(tiny, tmp_path):
         assert r.stderr.count('\n') == 1 and r.stdout == '', (args, r.stderr)
     assert sorted(p.name for p in tmp_path.iterdir()) == ['not_a_run', 'old.onnx']
     assert sorted(p.name for p in tiny.iterdir()) == sorted(['adjust_trace.jsonl', 'checkpoint.pt', 'config.json',
-                                                              'final.json', 'metrics.jsonl', 'test_outputs.npz'])
+                                                              'final.json', 'metrics.csv', 'metrics.jsonl', 'test_outputs.npz'])
 
 def test_help_loads_no_torch():
     code = "import sys; from ala_nb.export import ala_export; print('torch' in sys.modules)"

@@ -39,7 +39,7 @@ def test_torchrun_two_processes(ddp_run):
     h = [json.loads((out/f'rank{r}.json').read_text()) for r in (0, 1)]
     assert h[0]['rank'] == 0 and h[1]['rank'] == 1 and h[0]['sha256'] == h[1]['sha256']
     assert sorted(os.listdir(out)) == sorted(['adjust_trace.jsonl', 'checkpoint.pt', 'checkpoint.prev.pt', 'config.json',
-                                              'final.json', 'metrics.jsonl', 'rank0.json', 'rank1.json', 'test_outputs.npz'])
+                                              'final.json', 'metrics.csv', 'metrics.jsonl', 'rank0.json', 'rank1.json', 'test_outputs.npz'])
     assert [json.loads(l)['epoch'] for l in (out/'metrics.jsonl').read_text().splitlines()] == [1, 2, 3]
     assert [json.loads(l)['epoch'] for l in (out/'adjust_trace.jsonl').read_text().splitlines()] == [1, 2, 3]
     assert p.stdout.count('top-1 %') == 1 and sum(l.startswith('epoch ') for l in p.stdout.splitlines()) == 3
