@@ -18,7 +18,7 @@ from .cli import call_parse, Choice
 from .runs import (METHODS, GROUPS, CONFIG, FINAL, RunFolder, method_label, method_slug, run_name,
                          load_run, load_runs, by_method, pick_methods, write_run, copy_run, read_json)
 from .config import TrainConfig, PRESETS, RESUME_MAY_CHANGE
-from .methods import METHODS as REGISTRY, method_names
+from .methods import METHODS as REGISTRY, method_names, get_method
 
 # %% ../nbs/11_study.ipynb #8dc7984b
 METHOD_NAMES = {method_slug(m): m for m in METHODS}   # 'ldam_drw' -> 'LDAM-DRW', ...: the committed study's seven
@@ -43,8 +43,9 @@ def resolve_methods(names, # labels ('LDAM-DRW'), their slugs ('ldam_drw'), regi
     for n in names:
         if n.lower() == 'all': out += [m for m in SWEEP_METHODS if m not in out]; continue
         m = n if n in SWEEP_METHODS else SWEEP_NAMES.get(n.lower())
-        r = REGISTRY.get(n.lower())
-        if m is None and r is not None:                      # a registry name: its run at the method's DRW default
+        try: r = get_method(n)
+        except ValueError: r = None
+        if m is None and r is not None:                      # a registry name or paper label: its run at the method's DRW default
             if r.run_label(r.drw_default) not in SWEEP_METHODS:
                 raise ValueError(f"method {n!r} ({r.label}) is not one ala_sweep trains: {r.why or r.kind}")
             m = r.run_label(r.drw_default)
@@ -181,7 +182,7 @@ def sweep_commands(methods=tuple(METHODS), # labels or names of `SWEEP_METHODS` 
                   )->list: # (run folder, argv) pairs, argv[0] == 'ala_train'; second stages last
     "One `ala_train` command per (method, seed); a second stage after every first stage, its own first stage added if not asked for."
     out, cmds = Path(out), []
-    labels = resolve_methods(list(methods))
+    labels = resolve_methods(methods if isinstance(methods, str) else list(methods))
     stages = [m for m in labels if 'first_stage' in SWEEP_METHODS[m]]
     labels = list(dict.fromkeys([m for m in labels if m not in stages] + [SWEEP_METHODS[m]['first_stage'] for m in stages] + stages))
     folder = lambda kw, s: out/run_name(kw['loss'], kw.get('drw'), s)
