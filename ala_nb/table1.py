@@ -168,9 +168,10 @@ def verdict_sentences(t:dict)->list: # sentences (Markdown), generated from the 
     rows, ref = t['rows'], t['ref']
     out = []
     if not ref['runs']: return [f"No {t['reference']} runs: nothing to compare with (train them: `ala_sweep --methods ala_drw`)."]
-    out.append(f"{t['k']} paired intervals (method − {t['reference']}, per shot group, over the seeds both have) are read together, so each "
+    if t['k']: out.append(f"{t['k']} paired intervals (method − {t['reference']}, per shot group, over the seeds both have) are read together, so each "
                f"is a Bonferroni interval at level 1 − {t['alpha']:g}/{t['k']} (simultaneous coverage ≥ {100*(1-t['alpha']):g} %); "
                "differences in points of top-1.")
+    else: out.append(f"No method shares two or more seeds with {t['reference']}: no interval, no verdict.")
     by = {}
     for r in rows:
         for g in FIELDS:
