@@ -17,7 +17,7 @@ import numpy as np
 from .cli import call_parse, Choice
 from .runs import (METHODS, GROUPS, CONFIG, FINAL, RunFolder, method_label, method_slug, run_name,
                          load_run, load_runs, by_method, pick_methods, write_run, copy_run, read_json)
-from .config import TrainConfig, PRESETS, RESUME_MAY_CHANGE
+from .config import TrainConfig, PRESETS, RESUME_MAY_CHANGE, effective_fields
 from .methods import METHODS as REGISTRY, method_names, get_method
 
 # %% ../nbs/11_study.ipynb #8dc7984b
@@ -216,13 +216,19 @@ from .runs import _canon, CKPT
 
 _RUN_SETTINGS = [f.name for f in fields(TrainConfig) if f.name not in set(RESUME_MAY_CHANGE) - {'epochs'}]
 
+_KNOWN = {f.name for f in fields(TrainConfig)}
+
+def _effective(d:dict)->dict: # a config as `ala_train --print_config` writes it: unset normed/drw resolved, run-time values said so
+    try: return json.loads(json.dumps(effective_fields(TrainConfig.from_dict({k: v for k, v in d.items() if k in _KNOWN}))))
+    except (ValueError, TypeError): return d                       # already effective (its run-time values are text)
+
 def sweep_mismatch(folder,  # an existing run folder
                    wanted:dict, # the config the sweep would run there (`ala_train ... --print_config`)
                   )->list:  # 'field: folder X, sweep Y' for every field that changes a result
     "How a folder's run differs from the sweep's: every config field that decides its numbers (`epochs` included)."
     have = read_json(Path(folder)/CONFIG) if (Path(folder)/CONFIG).exists() else {}
     defaults = json.loads(json.dumps(asdict(TrainConfig())))
-    have, wanted = {**defaults, **have}, {**defaults, **wanted}        # a field a config predates: its default then
+    have, wanted = _effective({**defaults, **have}), _effective({**defaults, **wanted})  # a field a config predates: its default then
     norm = lambda v: json.dumps(_canon(v), sort_keys=True)            # values, not spellings: 32 is 32.0
     return [f"{k}: folder {have.get(k)!r}, sweep {wanted.get(k)!r}" for k in _RUN_SETTINGS if norm(have.get(k)) != norm(wanted.get(k))]
 
