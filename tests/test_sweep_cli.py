@@ -67,3 +67,21 @@ def test_train_command_is_this_install():
     assert env['PYTHONPATH'].split(os.pathsep)[0] == str(Path(study.__file__).resolve().parents[1])
     p = subprocess.run([*cmd, '--print_config'], capture_output=True, text=True, env=env, cwd='/')
     assert p.returncode == 0 and json.loads(p.stdout)['seed'] == 3, p.stderr      # flags parsed under -m, not defaults
+
+def test_dry_run_plans_every_method_second_stages_last(tmp_path):
+    "`--methods all --dry_run`: every available full method + ALA without DRW + the second stages, 5 seeds, nothing made; finished runs are kept."
+    from ala_nb.methods import method_names
+    from ala_nb.testing import toy_run
+    toy_run(tmp_path/'s'/'ce-seed0', [.5] * 4, loss='ce')
+    (tmp_path/'s'/'lade-seed1').mkdir()
+    p = sweep('--methods', 'all', '--out', tmp_path/'s', '--dry_run')
+    assert p.returncode == 0 and p.stderr == '', p.stderr
+    lines = p.stdout.strip().splitlines()
+    n = 5 * (len(method_names()) + 1 + len(method_names('second_stage')))
+    assert n == 80 and len(lines) == n + 1
+    assert lines[-1] == f"{n} commands: {n - 2} to run, 1 finished (kept), 1 skipped (folder exists without final.json); nothing checked or trained"
+    assert lines[0].startswith('finished: ala_train --preset fmnist_lt --loss ce --seed 0 --out ')
+    stages = [i for i, l in enumerate(lines[:-1]) if '--first_stage' in l]
+    assert len(stages) == 15 and stages == list(range(n - 15, n))           # second stages last
+    assert f"to run after {tmp_path/'s'/'ce-seed1'}: " in lines[n - 14] and '--loss crt' in lines[n - 14]
+    assert sorted(q.name for q in (tmp_path/'s').iterdir()) == ['ce-seed0', 'lade-seed1']   # nothing made
