@@ -163,7 +163,8 @@ def stage_parts(cfg:TrainConfig, # a pinned second stage's config (`pin_first_st
     loss = CrossEntropyLoss(weight=None if rho is None else grw_weights(counts, rho)).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                           nesterov=cfg.nesterov)
-    return Parts(model, loss, opt)
+    return Parts(model, loss, opt, dict(arch=spec['arch'], num_classes=spec['num_classes'], in_chans=spec['in_chans'],
+                                        normed=False, logit_scale=1.))
 
 # %% ../nbs/04e_second_stage.ipynb #62594784
 def stage_config(first_stage:str=None, # a finished run folder
