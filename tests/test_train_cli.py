@@ -128,6 +128,12 @@ BAD = [  # (arguments, what the one error line must name)
     (['--workers', 'many'], "argument --num_workers/--workers: invalid int value: 'many'"),
     (['--preset', 'fmnist_lt', '--cfg', '{"preset": "cifar10_lt"}'], 'is a cifar10_lt config'),
 ]
+BAD += [  # issue 17: loss keyword arguments the loss does not take, or out of its range
+    (['--loss', 'ala', '--cfg', '{"loss_kw": {"max_m": 0.3}}'], "make_loss('ala') got unexpected keyword argument(s) 'max_m'"),
+    (['--loss', 'ldam', '--cfg', '{"loss_kw": {"max_m": -0.5}}'], 'LDAMLoss: max_m = -0.5: expected a finite number > 0'),
+    (['--loss', 'la', '--cfg', '{"loss_kw": {"tau": -1}}'], 'LogitAdjustedLoss: tau = -1: expected a finite number >= 0'),
+    (['--loss', 'focal', '--cfg', '{"loss_kw": {"gamma": "2"}}'], "FocalLoss: gamma = '2': expected a finite number >= 0"),
+]
 
 def _driver(tmp_path, cases) -> list:
     "Run `ala_train` on each argument list in one interpreter (saves a torch import per case); (exit code, stderr) each."
