@@ -142,8 +142,10 @@ def check_room(n:int,             # images
     free_memory = _free_memory() if free_memory is None else free_memory
     short = ([f"{_gib(disk)} on disk ({_gib(free_disk)} free under {out_dir})"] if disk > free_disk else []) + \
             ([f"{_gib(memory)} of memory to decode ({min(workers, n)} threads; {_gib(free_memory)} available)"] if memory > free_memory else [])
-    if short: raise CacheError(f"size {size}: the cache of {n} images in 3×{size}×{slot} slots needs {' and '.join(short)}; "
-                               "choose a smaller size (--size; 256 is usual) or fewer workers (--workers)")
+    if short:
+        how = 'free disk space or ' if disk > free_disk else 'fewer threads (--workers) or '
+        raise CacheError(f"size {size}: the cache of {n} images in 3×{size}×{slot} slots needs {' and '.join(short)}; "
+                         f"{how}a smaller size (--size; 256 is usual)")
     return dict(disk=disk, memory=memory)
 
 # %% ../nbs/05a_cache.ipynb #4e73bde2
