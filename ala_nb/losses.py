@@ -129,13 +129,15 @@ class _LTLoss(nn.Module):
     def _check_cosines(self, x):
         "Refuse inputs outside [-1, 1] (± `COS_TOL`): one `aminmax`; on CUDA an assert on the device (no host sync, capturable)."
         if not x.numel(): return
-        lo, hi = torch.aminmax(x.detach())
-        bad = (lo < -1 - COS_TOL) | (hi > 1 + COS_TOL)           # NaN is not refused here: the non-finite check reports it
-        what = (f"{type(self).__name__}: {self.xname} must be cosines in [-1, 1] (a cosine head, NormedLinear), got values in "
-                "[{:.4g}, {:.4g}]: logits of a linear head? Train it with normed=True, or choose a loss for logits")
-        if x.device.type == 'cpu':
-            if bool(bad): raise ValueError(what.format(float(lo), float(hi)))
-        else: torch._assert_async(~bad, what.format(-math.inf, math.inf).replace('got values in [-inf, inf]', 'got values outside'))
+        lo, hi = torch.aminmax(x.detach())                      # NaN is not refused here: the non-finite check reports it
+        if x.device.type != 'cpu':
+            return torch._assert_async(~((lo < -1 - COS_TOL) | (hi > 1 + COS_TOL)), self._cos_message('got values outside it'))
+        lo, hi = lo.item(), hi.item()
+        if lo < -1 - COS_TOL or hi > 1 + COS_TOL: raise ValueError(self._cos_message(f"got values in [{lo:.4g}, {hi:.4g}]"))
+
+    def _cos_message(self, got:str)->str:
+        return (f"{type(self).__name__}: {self.xname} must be cosines in [-1, 1] (a cosine head, NormedLinear), {got}: "
+                "logits of a linear head? Train it with normed=True, or choose a loss for logits")
 
     def _check_range(self, target, C):
         "Raise a ValueError naming the first target outside [0, C), if any (reads the values: CPU, error path)."
