@@ -4,9 +4,9 @@
 
 # %% auto #0
 __all__ = ['CACHE_FORMAT', 'resized_size', 'slot_width', 'decode_rgb', 'store_image', 'CacheError', 'split_digest',
-           'split_num_classes', 'thread_map', 'build_cache', 'SplitCache', 'open_cache', 'random_resized_crop_boxes',
-           'center_crop_boxes', 'jitter_params', 'color_jitter', 'crop_batch', 'auto_storage', 'CacheLoader',
-           'CacheDataset', 'CachedLTData', 'cached_lt_data']
+           'split_num_classes', 'thread_map', 'check_room', 'build_cache', 'SplitCache', 'open_cache', 'check_cache',
+           'random_resized_crop_boxes', 'center_crop_boxes', 'jitter_params', 'color_jitter', 'crop_batch',
+           'auto_storage', 'CacheLoader', 'CacheDataset', 'CachedLTData', 'cached_lt_data']
 
 # %% ../nbs/05a_cache.ipynb #92905c02
 import concurrent.futures as cf, hashlib, json, math, os, shutil, sys, tempfile, time, weakref
@@ -112,6 +112,42 @@ def thread_map(fn, n:int, workers:int, label:str, progress=None)->list:
                 print(f"{label}: {m}/{n} images, {m / max(time.time() - t0, 1e-9):.0f}/s", flush=True)
     return [r for s in starts for r in out[s]]
 
+# %% ../nbs/05a_cache.ipynb #c1d2e3f4
+def _gib(n:float)->str: return f"{n / 2**30:.1f} GiB"
+
+def _free_disk(p:Path)->int: # bytes free on the file system that holds `p` (or its nearest existing parent)
+    while not p.exists() and p != p.parent: p = p.parent
+    return shutil.disk_usage(p).free
+
+def _free_memory()->int: # bytes of memory available (Linux: MemAvailable), else the physical memory
+    try:
+        with open('/proc/meminfo') as f:
+            for line in f:
+                if line.startswith('MemAvailable:'): return int(line.split()[1]) * 1024
+    except OSError: pass
+    return os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
+
+def check_room(n:int,             # images
+               size:int, slot:int, # S and L: the slot of each image
+               pixels:int,        # decoded pixels of the largest image (rows · cols)
+               resized:int,       # resized pixels of the largest image
+               workers:int,       # decoding threads
+               out_dir:Path,      # where the cache goes
+               free_disk:int=None, free_memory:int=None, # bytes there are (default: measured)
+              )->dict:            # bytes needed: disk, memory
+    "Refuse, in one line, a cache that does not fit on the disk of `out_dir` or in memory, before anything is written."
+    disk = n * (3 * size * slot + 8 + 16) + 2**20
+    memory = min(workers, n) * 3 * (pixels + 5 * resized)    # decoded, resized, and torchvision's float resize buffers
+    free_disk = _free_disk(Path(out_dir)) if free_disk is None else free_disk
+    free_memory = _free_memory() if free_memory is None else free_memory
+    short = ([f"{_gib(disk)} on disk ({_gib(free_disk)} free under {out_dir})"] if disk > free_disk else []) + \
+            ([f"{_gib(memory)} of memory to decode ({min(workers, n)} threads; {_gib(free_memory)} available)"] if memory > free_memory else [])
+    if short:
+        how = 'free disk space or ' if disk > free_disk else 'fewer threads (--workers) or '
+        raise CacheError(f"size {size}: the cache of {n} images in 3×{size}×{slot} slots needs {' and '.join(short)}; "
+                         f"{how}a smaller size (--size; 256 is usual)")
+    return dict(disk=disk, memory=memory)
+
 # %% ../nbs/05a_cache.ipynb #4e73bde2
 def _header(p:Path)->tuple: # ((rows, cols), None) or (None, what is wrong)
     if not p.is_file(): return None, 'image not found'
@@ -142,6 +178,8 @@ def build_cache(root,                 # folder the split file's paths are relati
     root, split_file, out_dir = Path(root), Path(split_file), Path(out_dir)
     if size < 1: raise ValueError(f"size must be >= 1, got {size}")
     if not max_aspect >= 1: raise ValueError(f"max_aspect must be >= 1 (long side / short side), got {max_aspect}")
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise ValueError(f"workers (--workers) must be an integer >= 1, or unset for all CPU cores; got {workers!r}")
     if not root.is_dir(): raise FileNotFoundError(f"{root}: no such image folder")
     if not split_file.is_file(): raise FileNotFoundError(f"{split_file}: no such split file")
     C = split_num_classes(split_file) if num_classes is None else num_classes
@@ -157,6 +195,8 @@ def build_cache(root,                 # folder the split file's paths are relati
     hw0 = np.array([hw for hw, _ in heads], np.int64)
     longs = [max(resized_size(h, w, size)) for h, w in hw0]
     L = slot_width(longs, size, max_aspect)
+    big = int(np.argmax(hw0[:, 0] * hw0[:, 1]))
+    check_room(N, size, L, int(hw0[big, 0] * hw0[big, 1]), max(math.prod(resized_size(h, w, size)) for h, w in hw0), workers, out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f'.{final.name}.partial-', dir=out_dir))
     threads = torch.get_num_threads()
@@ -177,12 +217,13 @@ def build_cache(root,                 # folder the split file's paths are relati
         if bad: raise CacheError(_bad(ds, bad))
         images.flush(); del images
         np.save(tmp/'labels.npy', ds.targets.numpy()); np.save(tmp/'meta.npy', meta)
+        sha = {k: split_digest(tmp/f'{k}.npy') for k in ('labels', 'meta')}     # small files: checked at every open
         manifest = dict(format=CACHE_FORMAT, split_file=split_file.name, split_sha256=digest, root=str(root.resolve()),
                         num_images=N, num_classes=C, counts=ds.counts, size=size, slot=[size, L], max_aspect=max_aspect,
                         long_side_cropped=int(sum(l > L for l in longs)),
                         files=dict(images=dict(name='images.npy', shape=[N, 3, size, L], dtype='uint8'),
-                                   labels=dict(name='labels.npy', shape=[N], dtype='int64'),
-                                   meta=dict(name='meta.npy', shape=[N, 4], dtype='int32',
+                                   labels=dict(name='labels.npy', shape=[N], dtype='int64', sha256=sha['labels']),
+                                   meta=dict(name='meta.npy', shape=[N, 4], dtype='int32', sha256=sha['meta'],
                                              columns=['rows', 'cols', 'resized_rows', 'resized_cols'])),
                         build_s=round(time.time() - t0, 1), torchvision=torchvision.__version__,
                         created=time.strftime('%Y-%m-%dT%H:%M:%S%z'))
@@ -270,7 +311,39 @@ def open_cache(path,       # a split's cache folder (out_dir/<split stem> of `bu
         if list(a.shape) != spec['shape'] or str(a.dtype) != spec['dtype']:
             raise CacheError(f"{path/spec['name']}: {a.dtype} {list(a.shape)}, the manifest says {spec['dtype']} {spec['shape']}")
         arrays[k] = a
+    check_cache(path, man, arrays['labels'], split_file)
     return SplitCache(path, man, arrays['images'], arrays['labels'], arrays['meta'])
+
+# %% ../nbs/05a_cache.ipynb #f4a5b6c7
+def check_cache(path:Path,        # the cache folder
+                man:dict,         # its manifest
+                labels,           # its labels.npy, (N,) int64
+                split_file:Path,  # the split file it was built from (its sha256 already checked)
+               ):
+    "Refuse a cache whose labels, counts or recorded digests disagree with its split file or its manifest."
+    m, rebuild = path/'manifest.json', 'rebuild the cache with ala_cache'
+    for k in ('labels', 'meta'):
+        want = man['files'][k].get('sha256')
+        if want is not None and (got := split_digest(path/man['files'][k]['name'])) != want:
+            raise CacheError(f"{path/man['files'][k]['name']}: sha256 {got[:12]}…, the manifest recorded {str(want)[:12]}…; {rebuild}")
+    C = man['num_classes']
+    if isinstance(C, bool) or not isinstance(C, int) or C < 1: raise CacheError(f"{m}: num_classes {C!r}: expected an integer >= 1; {rebuild}")
+    try: ds = SplitFileDataset('.', split_file, C)
+    except ValueError as e: raise CacheError(f"{m}: num_classes {C} does not fit {split_file} ({e}); {rebuild}") from None
+    y, want = np.asarray(labels), ds.targets.numpy()
+    if len(y) != len(want):
+        raise CacheError(f"{path/'labels.npy'}: {len(y)} labels, {split_file} lists {len(want)} images; {rebuild}")
+    if (diff := np.flatnonzero(y != want)).size:
+        i = int(diff[0])
+        raise CacheError(f"{path/'labels.npy'}: label {int(y[i])} for image {i} ({ds.paths[i]}), but {split_file}:{ds.lines[i]} "
+                         f"says {int(want[i])} ({diff.size} labels differ); {rebuild}")
+    if man.get('num_images', len(y)) != len(y):
+        raise CacheError(f"{m}: num_images {man['num_images']!r}, but labels.npy holds {len(y)}; {rebuild}")
+    counts = np.bincount(y, minlength=C).tolist()
+    if list(man['counts']) != counts:
+        j = next((j for j, (a, b) in enumerate(zip(man['counts'], counts)) if a != b), min(len(counts), len(man['counts'])))
+        raise CacheError(f"{m}: counts[{j}] = {man['counts'][j] if j < len(man['counts']) else None!r}, but labels.npy holds "
+                         f"{counts[j] if j < len(counts) else None} images of class {j} ({len(man['counts'])} counts for {C} classes); {rebuild}")
 
 # %% ../nbs/05a_cache.ipynb #e1faa19f
 def random_resized_crop_boxes(hw:torch.Tensor,          # (M, 2) rows and columns of each image

@@ -23,6 +23,11 @@ def ala_cache(root:str,             # image folder the split file's paths are re
               overwrite:bool=False, # replace an existing cache of this split
              ):
     "Decode every image of a split file once into a memory-mappable uint8 cache (for CacheLoader / --data_cache)."
+    for flag, v in (('--size', size), ('--workers', workers)):
+        if v is not None and v < 1:
+            print(f"ala_cache: error: {flag} must be an integer >= 1{', or left out for all CPU cores' if flag == '--workers' else ''}; got {v}",
+                  file=sys.stderr)
+            sys.exit(EXIT_BAD_INPUT)
     from ala_nb.cache import build_cache
     try: path = build_cache(root, split_file, out_dir, num_classes, size, max_aspect, workers, overwrite)
     except (ValueError, FileNotFoundError, FileExistsError) as e:

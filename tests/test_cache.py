@@ -100,6 +100,12 @@ def _tiny(tmp_path, n=4):
     split = write_standin_split(root, tmp_path/'tiny.txt', [(20, 30)] * n, list(range(n)))
     return root, split, K.build_cache(root, split, tmp_path/'cache', num_classes=n, size=16, workers=1, progress=False)
 
+def _edit_manifest(d, drop_sha=False, **fields):
+    "Change `fields` of the cache's manifest (and drop the digests of labels.npy and meta.npy, as caches of before had none)."
+    m = json.loads((d/'manifest.json').read_text()); m.update(fields)
+    if drop_sha: [m['files'][k].pop('sha256', None) for k in ('labels', 'meta')]
+    (d/'manifest.json').write_text(json.dumps(m))
+
 @pytest.mark.parametrize('damage, msg', [
     (lambda d: (d/'images.npy').write_bytes((d/'images.npy').read_bytes()[:-100]), 'images.npy: unreadable'),
     (lambda d: np.save(d/'labels.npy', np.zeros(3, np.int64)), 'labels.npy: int64 [3], the manifest says int64 [4]'),
@@ -108,6 +114,14 @@ def _tiny(tmp_path, n=4):
     (lambda d: (d/'manifest.json').unlink(), 'not a cache (no manifest.json)'),
     (lambda d: (d/'manifest.json').write_text('{"format": "ala_nb.cache/1", "size": 16, "files": {}}'),
      'incomplete manifest (no split_file, split_sha256, num_classes, counts, slot, files.images, files.labels, files.meta)'),
+    # issue 17: the cache is held to what made it (the split file's labels, the counts they give, the recorded digests)
+    (lambda d: _edit_manifest(d, counts=[1, 1, 2, 0]), 'manifest.json: counts[2] = 2, but labels.npy holds 1 images of class 2'),
+    (lambda d: _edit_manifest(d, num_images=5), 'manifest.json: num_images 5, but labels.npy holds 4'),
+    (lambda d: _edit_manifest(d, num_classes=3), 'manifest.json: num_classes 3 does not fit'),
+    (lambda d: np.save(d/'labels.npy', np.array([0, 1, 3, 3])), 'labels.npy: sha256 '),
+    (lambda d: (np.save(d/'labels.npy', np.array([0, 1, 3, 3])), _edit_manifest(d, drop_sha=True)),
+     "labels.npy: label 3 for image 2 (img/2/2.jpg), but "),
+    (lambda d: np.save(d/'meta.npy', np.load(d/'meta.npy') + 1), 'meta.npy: sha256 '),
 ])
 def test_damaged_cache_refused(tmp_path, damage, msg):
     _, split, d = _tiny(tmp_path)
@@ -200,6 +214,21 @@ def test_bad_input_one_line(tmp_path, setup, kw, needles):
     else:
         with pytest.raises((ValueError, FileNotFoundError)) as e: K.build_cache(root, split, tmp_path/'c', **kw)
         assert all(n in str(e.value) for n in needles) and '\n' not in str(e.value), str(e.value)
+    assert not (tmp_path/'c').exists()
+
+
+def test_cli_size_and_workers_one_line(tmp_path):
+    "A size that cannot fit is refused before anything is written, saying what it needs; --workers is named as a flag."
+    root = tmp_path/'img'
+    split = write_standin_split(root, tmp_path/'s.txt', [(20, 20)] * 2, [0, 0])
+    _one_line_error(_cli(root, split, tmp_path/'c', '--num_classes', 1, '--size', 100000),
+                    'size 100000: the cache of 2 images in 3×100000×100000 slots needs', 'GiB', '--size')
+    _one_line_error(_cli(root, split, tmp_path/'c', '--num_classes', 1, '--workers', -1), '--workers must be an integer >= 1')
+    _one_line_error(_cli(root, split, tmp_path/'c', '--num_classes', 1, '--workers', 0), '--workers must be an integer >= 1')
+    _one_line_error(_cli(root, split, tmp_path/'c', '--num_classes', 1, '--size', 0), '--size must be an integer >= 1; got 0')
+    assert not (tmp_path/'c').exists()
+    with pytest.raises(ValueError, match='workers [(]--workers[)] must be an integer >= 1'):
+        K.build_cache(root, split, tmp_path/'c', num_classes=1, workers=-1)
     assert not (tmp_path/'c').exists()
 
 

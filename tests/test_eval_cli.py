@@ -274,3 +274,52 @@ def test_tau_list_chosen_on_validation(runs):
     assert j['top1'] == as_json(runs['ce'], '--tau_la', str(best))['top1']
     p = ala_eval(runs['ce'], '--tau-la', '0,1,2')
     assert p.returncode == 0 and 'chosen on the validation split (200 images) by top-1: tau_la=' in p.stdout, p.stdout
+
+# --- issue 17: ala_eval refuses weights that are not the run's own --------------------------------------------------------
+def _resaved(src:Path, dest:Path, **config):
+    "The checkpoint `src` saved again in `dest` (a run folder) with its config's fields `config` changed."
+    from ala_nb.checkpoint import save_checkpoint
+    st = torch.load(src, weights_only=True)
+    st['config'] = dict(st['config'], **config); del st['digest']
+    save_checkpoint(st, dest)
+
+def _foreign(runs, folder:Path, make:str)->tuple: # (extra arguments)
+    "A copy of the ALA run, made to hold weights or a config that are not the run's own in the way `make` says."
+    shutil.copytree(runs['ala'], folder)
+    if make == 'ce_checkpoint': shutil.copy(runs['ce']/'checkpoint.pt', folder/'checkpoint.pt')
+    elif make == 'other_seed': _resaved(runs['ala']/'checkpoint.pt', folder, seed=1)
+    elif make == 'other_arch':
+        _resaved(runs['ala']/'checkpoint.pt', folder, arch='resnet32')
+    elif make == 'edited_config':
+        c = json.loads((folder/'config.json').read_text()); c['seed'] = 7; c['loss_kw'] = dict(s=20.)
+        (folder/'config.json').write_text(json.dumps(c))
+    elif make == 'other_spec':
+        from ala_nb.checkpoint import save_checkpoint
+        st = torch.load(runs['ala']/'checkpoint.pt', weights_only=True)
+        st['model_spec'] = dict(st['model_spec'], normed=False); del st['digest']
+        save_checkpoint(st, folder)
+    elif make == 'other_run': return ('--checkpoint', runs['ce']/'checkpoint.pt')
+    return ()
+
+@pytest.mark.parametrize('make, says', [
+    ('ce_checkpoint', "checkpoint.pt: not this run's weights: its config differs from config.json in loss: 'ce' in the checkpoint, 'ala' in config.json"),
+    ('other_run', "checkpoint.pt: not this run's weights: its config differs from config.json in loss: 'ce' in the checkpoint, 'ala' in config.json"),
+    ('other_seed', "checkpoint.pt: not this run's weights: its config differs from config.json in seed: 1 in the checkpoint, 0 in config.json"),
+    ('other_arch', "arch: 'resnet32' in the checkpoint, 'resnet8' in config.json"),
+    ('edited_config', "loss_kw: {} in the checkpoint, {'s': 20.0} in config.json; seed: 0 in the checkpoint, 7 in config.json"),
+    ('other_spec', "checkpoint.pt: not this run's weights: its model_spec differs from final.json's model in normed: False in the checkpoint, True in final.json"),
+])
+def test_foreign_weights_are_refused(runs, tmp_path, make, says):
+    "Weights or a config that are not the run's own: one line naming the fields that differ, exit 2 (as --resume does)."
+    folder = tmp_path/make
+    args = _foreign(runs, folder, make)
+    p = ala_eval(folder, '--device', 'cpu', *args)
+    assert p.returncode == 2 and p.stdout == '', (p.returncode, p.stdout, p.stderr)
+    assert p.stderr.count('\n') == 1 and p.stderr.startswith('ala_eval: error: ') and says in p.stderr, p.stderr
+
+def test_local_fields_may_differ(runs, tmp_path):
+    "Fields a resume may change (eval_batch_size, threads, ...) are not the run's identity: the same numbers come back."
+    folder = tmp_path/'local'; shutil.copytree(runs['ala'], folder)
+    c = json.loads((folder/'config.json').read_text()); c.update(eval_batch_size=64, threads=None, num_workers=0)
+    (folder/'config.json').write_text(json.dumps(c))
+    assert as_json(folder)['top1'] == json.loads((folder/'final.json').read_text())['top1']

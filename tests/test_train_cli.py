@@ -134,6 +134,12 @@ BAD = [  # (arguments, what the one error line must name)
     (['--seed', '100000000000000000000'], 'seed must be an integer in [0, 4294967295], got 100000000000000000000'),
     (['--cfg', '{"data_seed": 4294967296}'], 'data_seed must be an integer in [0, 4294967295]'),
 ]
+BAD += [  # issue 17: loss keyword arguments the loss does not take, or out of its range
+    (['--loss', 'ala', '--cfg', '{"loss_kw": {"max_m": 0.3}}'], "make_loss('ala') got unexpected keyword argument(s) 'max_m'"),
+    (['--loss', 'ldam', '--cfg', '{"loss_kw": {"max_m": -0.5}}'], 'LDAMLoss: max_m = -0.5: expected a finite number > 0'),
+    (['--loss', 'la', '--cfg', '{"loss_kw": {"tau": -1}}'], 'LogitAdjustedLoss: tau = -1: expected a finite number >= 0'),
+    (['--loss', 'focal', '--cfg', '{"loss_kw": {"gamma": "2"}}'], "FocalLoss: gamma = '2': expected a finite number >= 0"),
+]
 
 def _driver(tmp_path, cases) -> list:
     "Run `ala_train` on each argument list in one interpreter (saves a torch import per case); (exit code, stderr) each."
