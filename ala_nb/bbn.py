@@ -9,7 +9,7 @@ __all__ = ['NAME', 'BBNResNetCifar', 'cumulative_alpha', 'reversed_class_probs',
 # %% ../nbs/03c_bbn.ipynb #f607b6a4
 import torch, torch.nn as nn, torch.nn.functional as F
 from .models import BasicBlock, ResNetCifar
-from .data import DeviceLoader, _generator
+from .data import DeviceLoader, seeded_generator
 from .step import train_step
 from .config import SPLIT_DATASET_NAMES
 
@@ -84,9 +84,9 @@ class ReversedLoader(DeviceLoader):
     def plan(self)->tuple: # (indices, top, left, flip), as `DeviceLoader.plan`
         "This rank's draws of the epoch, and their crops and flips (generators apart from the uniform loader's)."
         total = self.num_samples * self.world_size
-        idx = torch.multinomial(self.weights, total, replacement=True, generator=_generator(self.seed, self.epoch, 0, 2))
+        idx = torch.multinomial(self.weights, total, replacement=True, generator=seeded_generator(self.seed, self.epoch, 0, 2))
         idx = idx[self.rank::self.world_size]
-        g, m = _generator(self.seed, self.epoch, self.rank + 1, 2), len(idx)
+        g, m = seeded_generator(self.seed, self.epoch, self.rank + 1, 2), len(idx)
         top, left = (torch.randint(0, 2 * self.pad + 1, (2, m), generator=g) if self.pad else torch.zeros(2, m, dtype=torch.long))
         flips = (torch.rand(m, generator=g) < 0.5) if self.flip else torch.zeros(m, dtype=torch.bool)
         return tuple(t.to(self.device) for t in (idx, top, left, flips))

@@ -184,8 +184,8 @@ def check_loss_kw(name:str, # the loss (a `METHODS` name)
                   kw:dict,  # `cfg.loss_kw`
                  ):
     "Each value of `kw` against the type its loss's signature declares; a `ValueError` naming `loss_kw.<key>`."
-    from ala_nb.losses import _constructor
-    ctor = _constructor(name)
+    from ala_nb.losses import loss_constructor
+    ctor = loss_constructor(name)
     cls = getattr(ctor, 'func', ctor)
     hints = typing.get_type_hints(cls.__init__)
     for k, v in kw.items():

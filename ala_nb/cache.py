@@ -20,7 +20,7 @@ from torchvision.ops import roi_align
 from torch.utils.data import Dataset
 from PIL import Image
 from fastprogress.fastprogress import progress_bar
-from .data import DATASETS, IMAGENET_MEAN, IMAGENET_STD, LTData, SplitFileDataset, _generator
+from .data import DATASETS, IMAGENET_MEAN, IMAGENET_STD, LTData, SplitFileDataset, seeded_generator
 
 # %% ../nbs/05a_cache.ipynb #a1ea0c4a
 def resized_size(height:int, # image rows
@@ -514,10 +514,10 @@ class CacheLoader:
             pos = torch.as_tensor(list(self.sampler), dtype=torch.long)
         else:
             total = self.num_samples * self.world_size
-            order = torch.randperm(self.n, generator=_generator(self.seed, self.epoch)) if self.train else torch.arange(self.n)
+            order = torch.randperm(self.n, generator=seeded_generator(self.seed, self.epoch)) if self.train else torch.arange(self.n)
             pos = order.repeat(math.ceil(total / self.n))[:total][self.rank::self.world_size]
         rows = self.rows[pos]
-        g, m, c = _generator(self.seed, self.epoch, self.rank + 1), len(rows), self.cache
+        g, m, c = seeded_generator(self.seed, self.epoch, self.rank + 1), len(rows), self.cache
         if self.train: boxes = random_resized_crop_boxes(c.hw[rows], self.scale, self.ratio, generator=g)
         else: boxes = center_crop_boxes(c.hw[rows], c.full[rows], c.size, self.out_size, self.eval_resize)
         flips = torch.rand(m, generator=g) < 0.5 if self.flip else None

@@ -8,7 +8,7 @@ __all__ = ['FMNIST_MEAN', 'FMNIST_STD', 'CIFAR_MEAN', 'CIFAR_STD', 'IMAGENET_MEA
            'lt_indices', 'val_indices', 'shot_groups', 'per_class_accuracy', 'shot_accuracy', 'crop_flip_transform',
            'imagenet_transform', 'read_idx', 'ala_cache_dir', 'ala_data_dir', 'fmnist_search_dirs',
            'find_fashion_mnist', 'load_fashion_mnist', 'InMemoryDataset', 'load_cifar', 'SplitFileDataset', 'LTData',
-           'get_lt_data', 'ClassAwareSampler', 'DeviceLoader']
+           'get_lt_data', 'seeded_generator', 'ClassAwareSampler', 'DeviceLoader']
 
 # %% ../nbs/02_data.ipynb #f36a505c
 import gzip, io, math, numbers, os
@@ -444,7 +444,7 @@ def get_lt_data(name:str,                # a key of DATASETS
                   val=InMemoryDataset(vx, vy, ev) if vpc else None, val_targets=vy, val_x=vx, train_idx=keep, val_idx=vidx)
 
 # %% ../nbs/02_data.ipynb #cb723693
-def _generator(*words:int)->torch.Generator: # a CPU generator seeded from non-negative integers (seed, epoch, ...)
+def seeded_generator(*words:int)->torch.Generator: # a CPU generator seeded from non-negative integers (seed, epoch, ...)
     "A torch.Generator whose state is a pure function of `words`, independent of the global RNG."
     return torch.Generator().manual_seed(int(np.random.SeedSequence([int(w) for w in words]).generate_state(1, np.uint64)[0]) >> 1)
 
@@ -468,7 +468,7 @@ class ClassAwareSampler(Sampler):
     def __len__(self): return self.num_samples
     def __iter__(self):
         total = self.num_samples * self.num_replicas
-        idx = torch.multinomial(self.weights, total, replacement=True, generator=_generator(self.seed, self.epoch))
+        idx = torch.multinomial(self.weights, total, replacement=True, generator=seeded_generator(self.seed, self.epoch))
         return iter(idx[self.rank::self.num_replicas].tolist())
 
 # %% ../nbs/02_data.ipynb #62b0af63
@@ -513,10 +513,10 @@ class DeviceLoader:
     def plan(self)->tuple: # (indices, top, left, flip) for this rank and epoch, each (num_samples,) on device
         "This rank's image indices and crop offsets/flips for the current epoch."
         total = self.num_samples * self.world_size
-        order = torch.randperm(self.n, generator=_generator(self.seed, self.epoch)) if self.train else torch.arange(self.n)
+        order = torch.randperm(self.n, generator=seeded_generator(self.seed, self.epoch)) if self.train else torch.arange(self.n)
         order = order.repeat(math.ceil(total / self.n))[:total]            # DistributedSampler's padding
         idx = order[self.rank::self.world_size]
-        g, m = _generator(self.seed, self.epoch, self.rank + 1), len(idx)  # +1: never the order's seed words
+        g, m = seeded_generator(self.seed, self.epoch, self.rank + 1), len(idx)  # +1: never the order's seed words
         top, left = (torch.randint(0, 2 * self.pad + 1, (2, m), generator=g) if self.pad else torch.zeros(2, m, dtype=torch.long))
         flips = (torch.rand(m, generator=g) < 0.5) if self.flip else torch.zeros(m, dtype=torch.bool)
         return tuple(t.to(self.device) for t in (idx, top, left, flips))

@@ -19,7 +19,7 @@ from .models import create_model, NormedLinear
 from .data import DATASETS, DeviceLoader, SplitFileDataset, get_lt_data, imagenet_transform, shot_groups
 from .cache import SplitCache, CacheLoader, cached_lt_data
 from .config import TrainConfig, load_config, validate_config, drw_enabled, RESUME_MAY_CHANGE, LOCAL_FIELDS
-from .runs import CONFIG, FINAL, CKPT, CKPT_PREV, read_json, _jsonable
+from .runs import CONFIG, FINAL, CKPT, CKPT_PREV, read_json, jsonable
 from .checkpoint import read_checkpoint
 from .build import stratified_subset, resolve_device, one_line, agree, model_from_spec
 from .evaluate import evaluate, gather_outputs, score, format_results, pct
@@ -348,7 +348,7 @@ def _check_out(out, run_dir)->Optional[Path]:
 
 def eval_json(res:dict)->dict: # `res` without the per-sample outputs, JSON-ready
     "The JSON object `ala_eval --json` prints and `--out` writes."
-    return _jsonable({k: v for k, v in res.items() if k != 'outputs'})
+    return jsonable({k: v for k, v in res.items() if k != 'outputs'})
 
 def _dumps(obj)->str: return json.dumps(obj, allow_nan=False)
 

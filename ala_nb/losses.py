@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['COS_TOL', 'quantity_factor', 'difficulty_factor', 'ldam_margins', 'class_balanced_weights', 'ALALoss', 'LDAMLoss',
            'LogitAdjustedLoss', 'BalancedSoftmaxLoss', 'FocalLoss', 'CrossEntropyLoss', 'ClassBalancedFocalLoss',
-           'LADELoss', 'ClassBalancedCELoss', 'make_loss']
+           'LADELoss', 'ClassBalancedCELoss', 'loss_constructor', 'make_loss']
 
 # %% ../nbs/00a_losses.ipynb #5e5fac04
 import inspect, math, numbers
@@ -385,7 +385,7 @@ class ClassBalancedCELoss(CrossEntropyLoss):
                 ):
         super().__init__(class_balanced_weights(counts, beta), validate=validate)
 
-def _constructor(name:str): # a name of `METHODS`
+def loss_constructor(name:str): # a name of `METHODS`
     "The loss class of method `name`, with the row's fixed keyword arguments."
     m = METHODS.get(name)
     if m is None or m.loss is None:
@@ -399,7 +399,7 @@ def make_loss(name:str, # a method of `ala_nb.methods.METHODS` with a loss: ce, 
               **kw, # passed on to the loss, e.g. s=, max_m=, tau=, gamma=, beta=, weight=
              )->nn.Module: # the loss module
     "Build the loss called `name` for a training set with per-class `counts`."
-    ctor = _constructor(name)
+    ctor = loss_constructor(name)
     params = inspect.signature(ctor).parameters
     fixed = getattr(ctor, 'keywords', {})
     accepted = [p for p in params if p != 'counts' and p not in fixed

@@ -4,13 +4,13 @@
 
 # %% auto #0
 __all__ = ['CONFIG', 'METRICS', 'TRACE', 'FINAL', 'OUTPUTS', 'METRICS_CSV', 'CKPT', 'CKPT_PREV', 'LOCK', 'TB', 'REPLACED',
-           'RUN_FILES', 'ANALYSIS_FILES', 'METHODS', 'GROUPS', 'tmp_path', 'fsync_dir', 'write_bytes', 'write_json',
-           'write_outputs', 'append_jsonl', 'read_jsonl', 'truncate_jsonl', 'read_json', 'metrics_row',
+           'RUN_FILES', 'ANALYSIS_FILES', 'METHODS', 'GROUPS', 'jsonable', 'tmp_path', 'fsync_dir', 'write_bytes',
+           'write_json', 'write_outputs', 'append_jsonl', 'read_jsonl', 'truncate_jsonl', 'read_json', 'metrics_row',
            'write_metrics_csv', 'method_slug', 'run_name', 'run_dir', 'RunFolderBusy', 'RunLock', 'clean_leftovers',
            'folder_state', 'check_run_folder', 'set_aside', 'drop_replaced', 'resume_conflicts', 'check_resume',
            'LiveRun', 'claim_run_folder', 'start_run_folder', 'undo_start', 'finish_run_folder', 'elastic_restart',
-           'code_version', 'cpu_model', 'provenance', 'method_label', 'RunFolder', 'load_run', 'load_runs',
-           'setting_names', 'by_method', 'pick_methods', 'write_run', 'copy_run']
+           'code_version', 'cpu_model', 'provenance', 'method_label', 'RunFolder', 'load_run', 'load_runs', 'canonical',
+           'setting_id', 'setting_names', 'by_method', 'pick_methods', 'write_run', 'copy_run']
 
 # %% ../nbs/04_runs.ipynb #05da4c0d
 import os, io, json, math, time, errno, socket, shutil
@@ -29,11 +29,11 @@ RUN_FILES = (CONFIG, METRICS, METRICS_CSV, FINAL, CKPT, CKPT_PREV, OUTPUTS, TRAC
 ANALYSIS_FILES = (CONFIG, FINAL, METRICS, METRICS_CSV, TRACE, OUTPUTS)   # what a study commits: everything but the checkpoints
 
 # %% ../nbs/04_runs.ipynb #0649ecce
-def _jsonable(o):
+def jsonable(o):
     "NaN/inf -> None, tensors/numpy -> Python values, tuples -> lists, recursively."
-    if isinstance(o, dict): return {k: _jsonable(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)): return [_jsonable(v) for v in o]
-    if hasattr(o, 'tolist') and not isinstance(o, (str, bytes)): return _jsonable(o.tolist())
+    if isinstance(o, dict): return {k: jsonable(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)): return [jsonable(v) for v in o]
+    if hasattr(o, 'tolist') and not isinstance(o, (str, bytes)): return jsonable(o.tolist())
     if isinstance(o, float) and not math.isfinite(o): return None
     return o
 
@@ -66,7 +66,7 @@ def write_bytes(path,     # destination
 
 def write_json(path, obj)->Path:
     "Write `obj` as JSON atomically; NaN becomes null."
-    return write_bytes(path, (json.dumps(_jsonable(obj), indent=1, allow_nan=False) + '\n').encode())
+    return write_bytes(path, (json.dumps(jsonable(obj), indent=1, allow_nan=False) + '\n').encode())
 
 def write_outputs(path,         # a `test_outputs.npz` path
                   outputs:dict, # `target`, `pred` (int64) and `p_true` (float32) arrays or tensors
@@ -80,7 +80,7 @@ def write_outputs(path,         # a `test_outputs.npz` path
 
 def append_jsonl(path, obj):
     "Append one JSON line (NaN becomes null) and fsync; a torn last line left by a kill is cut off first."
-    line = (json.dumps(_jsonable(obj), allow_nan=False) + '\n').encode()
+    line = (json.dumps(jsonable(obj), allow_nan=False) + '\n').encode()
     with open(path, 'a+b') as f:
         end = f.seek(0, os.SEEK_END)
         if end:
@@ -502,19 +502,19 @@ def load_runs(dirs, # run folders, or a single folder whose sub-folders are run 
     runs = [load_run(d) for d in dirs]
     return sorted(runs, key=lambda r: (order.get(r.method, len(order)), r.method, r.seed, str(r.path)))
 
-def _canon(v): # JSON values with integral floats as ints: 32.0 (from `--imb_factor 32`) is the preset's 32
+def canonical(v): # JSON values with integral floats as ints: 32.0 (from `--imb_factor 32`) is the preset's 32
     if isinstance(v, float) and v.is_integer(): return int(v)
-    if isinstance(v, (list, tuple)): return [_canon(x) for x in v]
-    return {k: _canon(x) for k, x in v.items()} if isinstance(v, dict) else v
+    if isinstance(v, (list, tuple)): return [canonical(x) for x in v]
+    return {k: canonical(x) for k, x in v.items()} if isinstance(v, dict) else v
 
-def _setting_id(s:dict)->str: return json.dumps(_canon(s), sort_keys=True, default=str)   # values, not spellings
+def setting_id(s:dict)->str: return json.dumps(canonical(s), sort_keys=True, default=str)   # values, not spellings
 
 def setting_names(runs)->dict: # setting id -> '' (one setting) or 'k=v, ...' of the fields that differ
     "A short name for each distinct setting among `runs`: the fields in which it differs from the others."
     settings = {}
-    for r in runs: settings.setdefault(_setting_id(r.setting), r.setting)
+    for r in runs: settings.setdefault(setting_id(r.setting), r.setting)
     if len(settings) <= 1: return {k: '' for k in settings}
-    keys = [k for k in list(SETTING_KEYS) + ['counts'] if len({_setting_id({k: s.get(k)}) for s in settings.values()}) > 1]
+    keys = [k for k in list(SETTING_KEYS) + ['counts'] if len({setting_id({k: s.get(k)}) for s in settings.values()}) > 1]
     def short(k, v): return f"profile={v[0]}→{v[-1]} ({sum(v)} images)" if k == 'counts' else f"{k}={v}"
     return {i: ', '.join(short(k, s.get(k)) for k in keys) for i, s in settings.items()}
 
@@ -527,7 +527,7 @@ def by_method(runs,         # `RunFolder`s or run folders, or a dict label -> ru
         runs = load_runs(runs)
         names, out = setting_names(runs), {}
         for r in runs:
-            n = names[_setting_id(r.setting)]
+            n = names[setting_id(r.setting)]
             out.setdefault(r.method + (f' [{n}]' if n else ''), []).append(r)
     if methods is None: return out
     return {k: v for m in methods for k, v in out.items() if k == m or k.startswith(m + ' [')}
@@ -553,7 +553,7 @@ def write_run(path,            # folder to create (parents too)
     path = Path(path); path.mkdir(parents=True, exist_ok=True)
     if config is not None: write_json(path/CONFIG, config)
     for name, recs in ((METRICS, metrics), (TRACE, trace)):
-        if recs is not None: write_bytes(path/name, ''.join(json.dumps(_jsonable(r), allow_nan=False) + '\n' for r in recs).encode())
+        if recs is not None: write_bytes(path/name, ''.join(json.dumps(jsonable(r), allow_nan=False) + '\n' for r in recs).encode())
     if metrics is not None and metrics_csv: write_metrics_csv(path)
     if outputs is not None: write_outputs(path/OUTPUTS, outputs, compress)
     write_json(path/FINAL, final)

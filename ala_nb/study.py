@@ -212,7 +212,7 @@ def sweep_plan(methods=tuple(METHODS), seeds=SEEDS, out='study_runs', preset:str
     return plan
 
 from .cli import ends_quietly, EXIT_BAD_INPUT   # (here, not above: the sweep's own cells)
-from .runs import _canon, CKPT
+from .runs import canonical, CKPT
 
 _RUN_SETTINGS = [f.name for f in fields(TrainConfig) if f.name not in set(RESUME_MAY_CHANGE) - {'epochs'}]
 
@@ -229,7 +229,7 @@ def sweep_mismatch(folder,  # an existing run folder
     have = read_json(Path(folder)/CONFIG) if (Path(folder)/CONFIG).exists() else {}
     defaults = json.loads(json.dumps(asdict(TrainConfig())))
     have, wanted = _effective({**defaults, **have}), _effective({**defaults, **wanted})  # a field a config predates: its default then
-    norm = lambda v: json.dumps(_canon(v), sort_keys=True)            # values, not spellings: 32 is 32.0
+    norm = lambda v: json.dumps(canonical(v), sort_keys=True)            # values, not spellings: 32 is 32.0
     return [f"{k}: folder {have.get(k)!r}, sweep {wanted.get(k)!r}" for k in _RUN_SETTINGS if norm(have.get(k)) != norm(wanted.get(k))]
 
 def first_stage_digest(first)->str: # sha256 of a finished first stage's final weights, as a second stage records it

@@ -16,7 +16,7 @@ from .cli import call_parse, ends_quietly, EXIT_BAD_INPUT
 from .config import SETTING_KEYS
 from .methods import get_method
 from .runs import (GROUPS, FINAL, CONFIG, RunFolder, load_runs, by_method, method_label, method_slug, read_json,
-                         _check_final, _jsonable)
+                         _check_final, jsonable)
 from .study import summary_table, table_markdown, paired_table, paired_markdown
 
 # %% ../nbs/21_table.ipynb #143fd8b0
@@ -196,7 +196,7 @@ def table_json(t:dict)->dict: # one JSON-ready object, top-1 as fractions
     paired = [dict(method=r['method'], baseline=r['baseline'], n=r['n'],
                    seeds=next((r[g]['seeds'] for g in GROUPS if r[g]), []), **{g: _paired_cell(r[g]) for g in GROUPS})
               for r in t['paired']]
-    return _jsonable(dict(unit='fraction', groups=list(GROUPS), baseline=t['baseline'], summary=summary, paired=paired))
+    return jsonable(dict(unit='fraction', groups=list(GROUPS), baseline=t['baseline'], summary=summary, paired=paired))
 
 CSV_FIELDS = ('table', 'method', 'baseline', 'n', 'seeds', 'group', 'mean', 'std', 'ci95_low', 'ci95_high', 'verdict')
 

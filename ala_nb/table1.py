@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Optional
 import numpy as np
 from .methods import METHODS as REGISTRY, method_names
-from .runs import GROUPS, RunFolder, _setting_id, setting_names
+from .runs import GROUPS, RunFolder, setting_id, setting_names
 from .study import t_quantile, verdict, paired_delta, SWEEP_METHODS, method_slug
 from .paper import paper_reference, FIELDS
 
@@ -54,9 +54,9 @@ def check_one_setting(runs:list, # `RunFolder`s / `EvalResult`s
     names = setting_names(full)
     if len(names) > 1:
         raise ValueError(f"the runs span {len(names)} settings ({'; '.join(sorted(names.values()))}); Table 1 compares one: give one setting's runs")
-    data = {_setting_id({k: r.setting.get(k) for k in _DATA}) for r in full}
+    data = {setting_id({k: r.setting.get(k) for k in _DATA}) for r in full}
     for r in runs:
-        if stage(r) and full and _setting_id({k: r.setting.get(k) for k in _DATA}) not in data:
+        if stage(r) and full and setting_id({k: r.setting.get(k) for k in _DATA}) not in data:
             raise ValueError(f"{r.path}: a second stage on other data or another backbone than the other runs "
                              f"({', '.join(f'{k}={r.setting.get(k)!r}' for k in _DATA if k != 'counts')})")
     for m in {r.method for r in runs if stage(r)}:

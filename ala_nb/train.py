@@ -18,7 +18,7 @@ import torch.distributed as dist
 from fastcore.imports import IN_NOTEBOOK
 from .config import TrainConfig, validate_config, drw_enabled
 from .runs import (METRICS, TRACE, CKPT, TB, LiveRun, run_dir, check_resume, write_json, append_jsonl,
-                         _jsonable, claim_run_folder, start_run_folder, undo_start, finish_run_folder, elastic_restart)
+                         jsonable, claim_run_folder, start_run_folder, undo_start, finish_run_folder, elastic_restart)
 from .checkpoint import state_digest, save_checkpoint, load_checkpoint, rng_state, set_rng_state
 from .step import lr_factor, apply_drw, train_step, EpochStats
 from .build import Run, build_run, dist_info, is_ddp, resolve_device, one_line, agree, cudagraph_skips
@@ -134,7 +134,7 @@ from .config import LOCAL_FIELDS as _LOCAL_FIELDS
 
 def fingerprint(cfg:TrainConfig, resume_point=None)->dict:
     "What must be equal on every rank: the effective config (less per-node fields) and the resume point."
-    c = {k: v for k, v in _jsonable(asdict(cfg)).items() if k not in _LOCAL_FIELDS}
+    c = {k: v for k, v in jsonable(asdict(cfg)).items() if k not in _LOCAL_FIELDS}
     return dict(config=c, resume=list(resume_point) if resume_point is not None else None)
 
 def rank0_write(rank:int,  # this process's rank
@@ -279,7 +279,7 @@ def _sums(stats:EpochStats)->tuple: return tuple(torch.stack([stats.loss, stats.
 
 def _hparams(cfg:TrainConfig)->dict: # name -> bool/int/float/str (lists and dicts as JSON), None left out
     "The run's hyperparameters for TensorBoard: its config less what may change on resume (but `epochs`), DRW resolved."
-    hp = {k: v if isinstance(v, (bool, int, float, str)) else json.dumps(_jsonable(v))
+    hp = {k: v if isinstance(v, (bool, int, float, str)) else json.dumps(jsonable(v))
           for k, v in asdict(cfg).items() if v is not None and (k not in RESUME_MAY_CHANGE or k == 'epochs')}
     return dict(hp, drw=drw_enabled(cfg))
 
@@ -405,7 +405,7 @@ def _finish(run:Run, S:_State, final_out:Optional[dict], clock:Clock)->dict:
     rank0_write(run.rank, out, write)
     if S.rank_dump:
         write_json(out/f'rank{run.rank}.json', dict(rank=run.rank, sha256=state_digest(run.net.state_dict())))
-    return _jsonable(res)
+    return jsonable(res)
 
 # %% ../nbs/04d_train.ipynb #3e93bbb5
 def train(cfg:TrainConfig, # what to run; see `PRESETS` and `get_config`

@@ -15,7 +15,7 @@ from .cli import (call_parse, Choice, ARCH_NAMES, DATASET_NAMES, AMP_MODES, COMP
                         is_cuda_n, EXIT_BAD_INPUT, EXIT_NON_FINITE, EXIT_INTERRUPTED, EXIT_PREEMPTED, ends_quietly)
 from .config import (TrainConfig, PRESETS, STEPS, SAMPLERS, SCHEDULES, CLI_ONLY, get_config, validate_config,
                            load_config, clean_fields, effective_fields)
-from .runs import CONFIG, run_dir, write_json, _jsonable, elastic_restart
+from .runs import CONFIG, run_dir, write_json, jsonable, elastic_restart
 
 # %% ../nbs/06a_train_cli.ipynb #479584dc
 def config_fields(src:str,           # --config/--cfg: a .json/.yaml/.yml file, a run folder, or inline JSON ('{"sampler": "sqrt"}')
@@ -170,7 +170,7 @@ def ala_train(config:str=None,        # a YAML/JSON file of TrainConfig fields, 
         c = resolve_cli_config(preset, {**files, **given}, out, resume, overwrite)   # validated here, once
     except (ValueError, TypeError, OSError) as e: fail(EXIT_BAD_INPUT, ' '.join(str(e).split()) or type(e).__name__)
     if print_config:
-        if rank == '0': print(json.dumps(_jsonable(effective_fields(c)), indent=1))
+        if rank == '0': print(json.dumps(jsonable(effective_fields(c)), indent=1))
         return
     with ends_quietly('ala_train'):              # Ctrl-C before the loop (loading data, building): one line, 130, undone
         from ala_nb.train import train, NonFiniteLoss, one_line   # torch, now that there is a run

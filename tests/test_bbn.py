@@ -8,7 +8,7 @@ from clitools import run
 from ala_nb.methods import METHODS
 from ala_nb.config import get_config
 from ala_nb.models import create_model, CausalNormClassifier
-from ala_nb.data import DeviceLoader, _generator
+from ala_nb.data import DeviceLoader, seeded_generator
 from ala_nb.step import train_step
 from ala_nb.losses import CrossEntropyLoss
 from ala_nb.build import make_parts, CAUSAL_NORM_ALPHA
@@ -99,7 +99,7 @@ def test_reversed_sampler_frequencies():
     for e in range(40):
         rl.set_epoch(e)
         idx = rl.plan()[0]
-        assert torch.equal(idx, torch.multinomial(w, len(ys), replacement=True, generator=_generator(0, e, 0, 2)))
+        assert torch.equal(idx, torch.multinomial(w, len(ys), replacement=True, generator=seeded_generator(0, e, 0, 2)))
         h += torch.bincount(ys[idx], minlength=len(counts)).double()
     chi2 = float(((h - h.sum() * q) ** 2 / (h.sum() * q)).sum())
     assert chi2 < 16.27, chi2                     # 3 degrees of freedom, 0.1%

@@ -297,7 +297,7 @@ def test_device_loader_shards(N, world, bs, drop):
     per = -(-N // world)
     if not drop:
         assert all(len(p) == per for p in parts) and set().union(*map(set, parts)) == set(range(N))
-        order = torch.randperm(N, generator=D._generator(9, 2)).tolist()
+        order = torch.randperm(N, generator=D.seeded_generator(9, 2)).tolist()
         padded = (order * world)[:per * world]
         assert parts == [padded[r::world] for r in range(world)]
     else:
