@@ -188,7 +188,7 @@ def bench_run(data:LTData,              # in-memory 32×32 data, e.g. `bench_dat
               device='cpu',             # 'cpu', 'cuda' or 'cuda:N'
               batch_size:int=128,       # images per step
               arch:str='resnet32',      # backbone, one of `models.ARCHS`
-              loss:str='ala',           # loss, one of `losses.LOSSES`
+              loss:str='ala',           # loss, one of `methods.method_names()`
               compile:Optional[str]='auto', # eager step's `torch.compile` mode; 'auto': 'reduce-overhead' on CUDA, none on the CPU
               amp:str='auto',           # 'auto' (bf16 on CUDA, off on the CPU), 'bf16', 'fp16' (eager only) or 'off'
               threads:Optional[int]=None, # CPU threads (`build_run` sets them; the caller restores)
@@ -325,7 +325,7 @@ def bench_step(arch:str='resnet32',    # backbone, one of `models.ARCHS`
                steps:int=200,          # timed steps of each
                device=None,            # 'cuda' or 'cpu' (default: CUDA if available)
                amp:str='auto',         # 'auto' (bf16 on CUDA, off on the CPU), 'bf16' or 'off'
-               loss:str='ala',         # loss, one of `losses.LOSSES`
+               loss:str='ala',         # loss, one of `methods.method_names()`
                counts=None,            # images per class of the stand-in set; default CIFAR-10-LT's (5000 → 50)
                channels_last:bool=True,# channels_last model and batches
                warmup_steps:int=20,    # untimed steps after the first `check_steps`

@@ -259,9 +259,9 @@ def _report(r:dict)->str:
         f"  checked  {runtime} gives load_model's outputs to relative error {r['rel_err']:.1e}"])
 
 @call_parse(examples=(
-    "ala_export runs/fmnist_lt_ala_s0 --format onnx --out ala.onnx  # logits = 30 * cosines, for onnxruntime",
-    "ala_export runs/fmnist_lt_ala_s0 --out ala.safetensors  # the state dict; the format read from the suffix",
-    "ala_export runs/fmnist_lt_ala_s0 --format torchscript --out ala.pt --overwrite  # for torch.jit.load"))
+    "ala_export runs/fmnist_lt/ala_drw-seed0 --format onnx --out ala.onnx  # logits = 30 * cosines, for onnxruntime",
+    "ala_export runs/fmnist_lt/ala_drw-seed0 --out ala.safetensors  # the state dict; the format read from the suffix",
+    "ala_export runs/fmnist_lt/ala_drw-seed0 --format torchscript --out ala.pt --overwrite  # for torch.jit.load"))
 def ala_export(run_dir:str,           # a run folder written by ala_train (it needs the run's checkpoint.pt)
                format:Choice('format', tuple(FORMATS))=None, # the file's format (default: from --out's suffix .onnx, .safetensors, .ts)
                out:str=None,          # the file to write (required): in an existing folder, outside the run folder
