@@ -168,6 +168,7 @@ def _make_model(cfg:TrainConfig, spec:dict, rank:int)->nn.Module:
             raise ValueError(f"pretrained {pretrained}: not a readable torch state-dict file "
                              f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
 
+# %% ../nbs/04b_build.ipynb #35be311b
 def _kw_type(ann)->tuple: # (what a JSON value of a loss parameter annotated `ann` must be, a test of it)
     opts = typing.get_args(ann) if typing.get_origin(ann) is typing.Union else (ann,)
     none = type(None) in opts

@@ -171,7 +171,7 @@ def per_class_consistency(a:list, b:list, # `RunFolder`s of two methods (one set
     pick = lambda m: [(names[c], float(d[:, c].mean())) for c in np.flatnonzero(m)]
     return dict(wins=pick((d > 0).all(0)), losses=pick((d < 0).all(0)), seeds=seeds)
 
-# %% ../nbs/11_study.ipynb #00813b6f
+# %% ../nbs/11_study.ipynb #d972f595
 SEEDS = (0, 1, 2, 3, 4)
 
 def sweep_commands(methods=tuple(METHODS), # labels or names of `SWEEP_METHODS` to train (`resolve_methods`)
@@ -214,6 +214,7 @@ def sweep_plan(methods=tuple(METHODS), seeds=SEEDS, out='study_runs', preset:str
 from .cli import ends_quietly, EXIT_BAD_INPUT   # (here, not above: the sweep's own cells)
 from .runs import canonical, CKPT
 
+# %% ../nbs/11_study.ipynb #6e641a4e
 _RUN_SETTINGS = [f.name for f in fields(TrainConfig) if f.name not in set(RESUME_MAY_CHANGE) - {'epochs'}]
 
 _KNOWN = {f.name for f in fields(TrainConfig)}
@@ -239,6 +240,7 @@ def first_stage_digest(first)->str: # sha256 of a finished first stage's final w
     if not fn.is_file(): raise ValueError(f"{fn}: missing; a second stage's first stage keeps its final checkpoint")
     return state_digest(read_checkpoint(fn)['model'])
 
+# %% ../nbs/11_study.ipynb #6ca6b265
 def train_command(argv:list, # a `sweep_commands` argv, argv[0] == 'ala_train'
                  )->tuple:   # (command, environment): this interpreter running this package's `ala_train`
     "The process that runs `argv`: `python -m ala_nb.train_cli` of this very install, never whichever `ala_train` is first on PATH."
@@ -324,6 +326,7 @@ def run_sweep(methods=tuple(METHODS), # labels or names of `SWEEP_METHODS` to tr
     while running: _reap(True)
     return rcs
 
+# %% ../nbs/11_study.ipynb #01055481
 def _seeds(s:str)->list:
     try: v = [int(x) for x in s.replace(',', ' ').split()]
     except ValueError: raise ValueError(f"--seeds must be integers separated by commas or spaces, got {s!r}") from None
