@@ -78,7 +78,7 @@ def test_dry_run_plans_every_method_second_stages_last(tmp_path):
     assert p.returncode == 0 and p.stderr == '', p.stderr
     lines = p.stdout.strip().splitlines()
     n = 5 * (len(method_names()) + 1 + len(method_names('second_stage')))
-    assert n == 80 and len(lines) == n + 1
+    assert n == 90 and len(lines) == n + 1                                   # 14 full methods + ALA without DRW + 3 second stages
     assert lines[-1] == f"{n} commands: {n - 2} to run, 1 finished (kept), 1 skipped (folder exists without final.json); nothing checked or trained"
     assert lines[0].startswith('finished: ala_train --preset fmnist_lt --loss ce --seed 0 --out ')
     stages = [i for i, l in enumerate(lines[:-1]) if '--first_stage' in l]
