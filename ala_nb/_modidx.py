@@ -698,5 +698,6 @@ d = { 'settings': { 'branch': 'main',
                                   'ala_nb.train_cli.ala_train': ('train_cli.html#ala_train', 'ala_nb/train_cli.py'),
                                   'ala_nb.train_cli.config_fields': ('train_cli.html#config_fields', 'ala_nb/train_cli.py'),
                                   'ala_nb.train_cli.fetch_data': ('train_cli.html#fetch_data', 'ala_nb/train_cli.py'),
+                                  'ala_nb.train_cli.rescale_files': ('train_cli.html#rescale_files', 'ala_nb/train_cli.py'),
                                   'ala_nb.train_cli.resolve_cli_config': ('train_cli.html#resolve_cli_config', 'ala_nb/train_cli.py'),
                                   'ala_nb.train_cli.train_flags': ('train_cli.html#train_flags', 'ala_nb/train_cli.py')}}}

@@ -199,3 +199,15 @@ def test_non_finite_loss_exit_3(tmp_path):
     err = p.stderr.strip().splitlines()
     assert len(err) == 1 and 'non-finite training loss in epoch 1' in err[0]
     assert not (tmp_path/'nan'/'checkpoint.pt').exists() and not (tmp_path/'nan'/'final.json').exists()
+
+def test_config_folder_with_epochs_rescales_like_a_preset():
+    "issue 17: `--config RUN --epochs N` scales the run's schedule as `--preset P --epochs N` does (it kept it, then failed)."
+    import json
+    study = ROOT/'nbs'/'study'/'ce-seed0'
+    for n in (1, 10):
+        a = run('ala_train', '--config', study, '--epochs', n, '--print-config')
+        b = run('ala_train', '--preset', 'fmnist_lt', '--loss', 'ce', '--epochs', n, '--print-config')
+        assert a.returncode == 0 and b.returncode == 0, a.stderr + b.stderr
+        ja, jb = json.loads(a.stdout), json.loads(b.stdout)
+        assert {k: ja[k] for k in ('epochs', 'warmup_epochs', 'lr_steps', 'drw_epoch')} == \
+               {k: jb[k] for k in ('epochs', 'warmup_epochs', 'lr_steps', 'drw_epoch')}
