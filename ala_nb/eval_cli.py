@@ -13,8 +13,7 @@ from .runs import CKPT, write_json
 # %% ../nbs/20a_eval_cli.ipynb #9e0990f4
 @call_parse(examples=(
     "ala_eval runs/fmnist_lt/ala_drw-seed0  # the All / Many / Medium / Few table of a run's checkpoint",
-    "ala_eval runs/fmnist_lt/ce-seed0 --tau-la 1 --json --out ce_la.json  # post-hoc logit adjustment, kept in a new file",
-    "ala_eval runs/fmnist_lt/ce-seed0 --tau-la 0,0.5,1,1.5,2  # tau chosen on the validation split, test top-1 at that tau",
+    "ala_eval runs/fmnist_lt/ce-seed0 --tau-la 0,0.5,1,1.5,2 --json --out ce_la.json  # tau chosen on validation, test top-1 at that tau, kept in a file",
     "torchrun --nproc_per_node 8 $(which ala_eval) runs/imagenet_lt_r50/ala_drw-seed0 --split val  # gathered over 8 GPUs"))
 def ala_eval(run_dir:str,             # a run folder written by ala_train (it needs the run's checkpoint.pt)
              json:bool=False,         # print one JSON object (top1 shaped like final.json's) instead of the table

@@ -334,14 +334,13 @@ def _seeds(s:str)->list:
     return v
 
 _METHOD = Choice('method', SWEEP_NAMES, {f"or a label: {', '.join(SWEEP_METHODS)}": lambda v: v in SWEEP_METHODS or v.lower() in SWEEP_NAMES,
-                                         'or a method name (ldam, la, bsce, ...)': lambda v: v.lower() in REGISTRY,
+                                         'or a registry name such as ldam or la': lambda v: v.lower() in REGISTRY,
                                          'or all (every one of them)': lambda v: v.lower() == 'all'}, many=True)
 
 @call_parse(examples=(
     "ala_sweep --out study_runs --jobs 2 --extra '--threads 1'  # the committed study (nbs/study): 7 methods x 5 seeds",
     "ala_sweep --methods all --out study_runs --jobs 2 --extra '--threads 1'  # every method the registry trains, second stages last",
-    "ala_sweep --methods all --out study_runs --dry_run  # what it would run, skip or wait for, as the folders stand",
-    "ala_sweep --methods ce,ala_drw --seeds 0 --extra '--epochs 2' --out quick  # a quick look at two methods"))
+    "ala_sweep --methods all --out study_runs --dry_run  # what it would run, skip or wait for, as the folders stand"))
 def ala_sweep(out:str='study_runs',       # parent folder of the run folders
               methods:_METHOD=','.join(METHOD_NAMES), # methods by name or label, comma-separated (all: every method below)
               seeds:str='0,1,2,3,4',      # seeds, comma-separated

@@ -10,7 +10,7 @@ import os, sys, json, typing
 from dataclasses import asdict, replace, fields
 from pathlib import Path
 from typing import Optional
-from .methods import METHODS, method_names
+from .methods import METHODS, method_names, get_method
 from .cli import (call_parse, Choice, ARCH_NAMES, DATASET_NAMES, AMP_MODES, COMPILE_MODES, DOWNLOADABLE, is_timm,
                         is_cuda_n, EXIT_BAD_INPUT, EXIT_NON_FINITE, EXIT_INTERRUPTED, EXIT_PREEMPTED, ends_quietly)
 from .config import (TrainConfig, PRESETS, STEPS, SAMPLERS, SCHEDULES, CLI_ONLY, get_config, validate_config,
@@ -40,6 +40,9 @@ def config_fields(src:str,           # --config/--cfg: a .json/.yaml/.yml file, 
 def _extra_fields(cfg:str)->dict: return config_fields(cfg, '--cfg')   # `--cfg`: the same, read after `--config`
 
 # %% ../nbs/06a_train_cli.ipynb #cb4ec3e1
+def _is_label(v:str)->bool: # the paper's label of a method `ala_train` trains
+    return any(v.lower() == METHODS[n].label.lower() for n in method_names() + method_names('second_stage'))
+
 def resolve_cli_config(preset:Optional[str], # --preset, or None
                        given:dict,           # the TrainConfig fields the command line sets
                        out:Optional[str],    # --out, or None
@@ -49,6 +52,7 @@ def resolve_cli_config(preset:Optional[str], # --preset, or None
     "The effective config of an `ala_train` command: a preset plus flags, or — resuming — the run's own config plus flags."
     if resume and overwrite: raise ValueError("resume and overwrite exclude each other")
     if out is not None and not out.strip(): raise ValueError(f"--out must name a folder, got {out!r}")
+    if isinstance(given.get('loss'), str) and _is_label(given['loss']): given = {**given, 'loss': get_method(given['loss']).name}
     if given.get('first_stage'):                                    # a second stage: its first stage's config and the authors' recipe
         from ala_nb.second_stage import stage_config; c = stage_config(**{**given, **({'preset': preset} if preset else {})})
     else: c = get_config(preset or given.get('preset') or 'fmnist_lt', **{k: v for k, v in given.items() if k != 'preset'})
@@ -112,7 +116,8 @@ def fetch_data(c:TrainConfig,         # the run's config
 # %% ../nbs/06a_train_cli.ipynb #4fbf3d87
 _CHOICES = dict(                              # the fields whose values a name list decides, and the lists
     preset=Choice('preset', PRESETS), dataset=Choice('dataset', DATASET_NAMES),
-    arch=Choice('arch', ARCH_NAMES, {'timm/<name>': is_timm}), loss=Choice('loss', method_names() + method_names('second_stage')),
+    arch=Choice('arch', ARCH_NAMES, {'timm/<name>': is_timm}), loss=Choice('loss', method_names() + method_names('second_stage'),
+                {'or its paper label in any case (e.g. LDAM-DRW)': _is_label}),
     schedule=Choice('schedule', SCHEDULES), sampler=Choice('sampler', SAMPLERS),
     device=Choice('device', ('auto', 'cpu', 'cuda'), {'cuda:N': is_cuda_n}), amp=Choice('amp', AMP_MODES),
     compile=Choice('compile mode', ('none', *COMPILE_MODES)), step=Choice('step', STEPS))

@@ -48,13 +48,14 @@ def test_help_lists_the_registries():
     from ala_nb.methods import method_names
     h = run('ala_train', '--help').stdout
     assert _choices(h, '--preset') == list(PRESETS)
-    assert _choices(h, '--loss') == list(method_names())
+    assert _choices(h, '--loss') == [*method_names(), *method_names('second_stage'), 'or its paper label in any case (e.g. LDAM-DRW)']
     assert _choices(h, '--arch') == [*cli.ARCH_NAMES, 'timm/<name>']
     assert _choices(h, '--amp') == list(cli.AMP_MODES)
     assert _choices(h, '--compile') == ['none', *cli.COMPILE_MODES]
     assert _choices(h, '--device') == ['auto', 'cpu', 'cuda', 'cuda:N']
     h = run('ala_sweep', '--help').stdout
-    assert _choices(h, '--methods') == [*METHOD_NAMES, *METHODS]
+    from ala_nb.study import SWEEP_NAMES, SWEEP_METHODS
+    assert _choices(h, '--methods') == [*SWEEP_NAMES, *SWEEP_METHODS, 'or a registry name such as ldam or la', 'or all (every one of them)']
     assert _choices(h, '--preset') == list(PRESETS)
 
 # --- --help: fast, examples last, no torch where it is not needed -------------------------------------------------------
@@ -99,10 +100,11 @@ def test_bad_arguments_answer_without_torch(tmp_path, name, args, want):
 
 def test_train_help_and_bad_names_answer_without_torch():
     from ala_nb.methods import method_names
-    p, mods = imports('ala_train', '--loss', 'alA')
+    p, mods = imports('ala_train', '--loss', 'alx')
     assert p.returncode == 2 and 'torch' not in mods
-    assert p.stderr.splitlines() == ["ala_train: error: argument --loss: unknown loss 'alA'; choose from "
-                                     + ', '.join(method_names())]
+    assert p.stderr.splitlines() == ["ala_train: error: argument --loss: unknown loss 'alx'; choose from "
+                                     + ', '.join([*method_names(), *method_names('second_stage')])
+                                     + ", or its paper label in any case (e.g. LDAM-DRW)"]
     p, mods = imports('ala_train', *TINY, '--print-config')
     assert p.returncode == 0 and 'torch' not in mods and json.loads(p.stdout)['preset'] == 'fmnist_lt_tiny'
 

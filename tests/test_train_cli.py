@@ -211,3 +211,10 @@ def test_config_folder_with_epochs_rescales_like_a_preset():
         ja, jb = json.loads(a.stdout), json.loads(b.stdout)
         assert {k: ja[k] for k in ('epochs', 'warmup_epochs', 'lr_steps', 'drw_epoch')} == \
                {k: jb[k] for k in ('epochs', 'warmup_epochs', 'lr_steps', 'drw_epoch')}
+
+@pytest.mark.parametrize('given, name', [('LDAM-DRW', 'ldam'), ('df·ldam', 'df_ldam'), ('BBN', 'bbn'), ('Causal Norm', 'causal_norm'), ('bsce', 'bsce')])
+def test_loss_by_name_or_paper_label(given, name):
+    "issue 18: `--loss` takes a method's name or its paper label, in any case; the run records the name."
+    p = run('ala_train', '--loss', given, '--print-config')
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)['loss'] == name
