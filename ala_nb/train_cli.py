@@ -57,7 +57,8 @@ def resolve_cli_config(preset:Optional[str], # --preset, or None
         from ala_nb.second_stage import stage_config; c = stage_config(**{**given, **({'preset': preset} if preset else {})})
     else: c = get_config(preset or given.get('preset') or 'fmnist_lt', **{k: v for k, v in given.items() if k != 'preset'})
     folder = Path(out) if out else run_dir(c)
-    if resume and not folder.exists() and not elastic_restart():   # a restarted group resumes what there is, even nothing
+    group = int(os.environ.get('WORLD_SIZE', '1') or 1) > 1        # several processes: the ranks agree on it in `train` (a lone refusal would leave the others waiting)
+    if resume and not folder.exists() and not elastic_restart() and not group:   # a restarted group resumes what there is, even nothing
         raise FileNotFoundError(f"--resume of {folder}: no such run folder (give the folder of the run to continue with --out; "
                                 "without --resume a new run starts there)")
     if resume:
