@@ -199,6 +199,7 @@ def bench_run(data:LTData,              # in-memory 32×32 data, e.g. `bench_dat
              )->Run:                    # `build_run`'s run
     "The trainer's run (`train.build_run`) for LDAM-DRW's setting on `data`, with the eager or the captured step."
     cfg = get_config('cifar10_lt', arch=arch, loss=loss, batch_size=batch_size, device=str(device), seed=seed,
+                     dataset='fmnist_lt_cifar' if data.in_chans == 1 else 'cifar10_lt',   # the recipe's; the data's channels
                      compile=compile_mode(compile, device) if step == 'eager' else None, amp=amp, threads=threads,
                      max_test=data.num_classes, eval_subset=None, step=step, deterministic=deterministic)
     full = len(data.train_targets) // batch_size

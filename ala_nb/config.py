@@ -110,7 +110,7 @@ class TrainConfig:
     imb_factor:Optional[float]=_f(None, 'setting')       # in-memory sets: imbalance n_max/n_min; unset: the data set's
     n_max:Optional[int]=_f(None, 'setting')              # in-memory sets: images of the head class; unset: the data set's
     data_seed:int=_f(0, 'setting')                       # which images the long-tailed subset keeps (fixed across training seeds)
-    val_per_class:Optional[int]=None                     # in-memory sets: validation images per class, from those the subset drops; unset: the data set's (`data.DATASETS`); 0: none
+    val_per_class:Optional[int]=_f(None, 'resume')        # in-memory sets: validation images per class, from those the subset drops; unset: the data set's (`data.DATASETS`); 0: none
     max_test:Optional[int]=_f(None, 'setting')           # evaluate on a stratified subset of about this many test images (quick runs)
     eval_subset:Optional[int]=2000                       # per-epoch metrics (validation set, else test set) on a stratified subset of this size; the test set is evaluated whole at the end
     root:Optional[str]=_f(None, flags=('data_root',))    # data folder; unset: $ALA_DATA, else the data set's usual places

@@ -207,7 +207,7 @@ def test_cached_run_reads_its_cache(tmp_path):
     for k in ('tr', 'te'): build_cache(tmp_path/k, sp/f"Places_LT_{dict(tr='train', te='test')[k]}.txt", tmp_path/'cache', workers=1, progress=False)
     for k in ('tr', 'te'): shutil.rmtree(tmp_path/k)                # only the caches are left to read
     cfg = get_config('places_lt_r152', arch='resnet8', loss='ce', pretrained=None, split_dir=str(sp),
-                     data_cache=str(tmp_path/'cache'), num_workers=0, eval_batch_size=4, device='cpu')
+                     data_cache=str(tmp_path/'cache'), num_workers=0, eval_batch_size=4, batch_size=4, device='cpu')
     torch.manual_seed(0)
     net = create_model('resnet8', 365, normed=False, in_chans=3)
     run_dir = tmp_path/'run'; run_dir.mkdir()

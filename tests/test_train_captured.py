@@ -50,7 +50,7 @@ def test_sigterm_mid_epoch_then_resume_is_bit_identical(runs, tmp_path):
         time.sleep(0.5)                                    # a few steps into epoch 2
         p.send_signal(signal.SIGTERM); p.wait(timeout=120)
     text = (tmp_path/'log').read_text()
-    assert p.returncode == 0 and 'preempted (SIGTERM) in epoch 2' in text, text
+    assert p.returncode == 143 and 'preempted (SIGTERM) in epoch 2' in text, text   # EXIT_PREEMPTED
     st = ckpt(out)
     assert st['epoch'] == 1 and 0 < st['step'] < 13 and st['stats'] is not None, (st['epoch'], st['step'])
     assert not (out/'final.json').exists()
