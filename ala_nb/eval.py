@@ -112,7 +112,10 @@ def _load(run_dir, checkpoint:str=CKPT, device='cpu')->tuple: # (net, spec, cfg,
     bad = weights_conflicts(folder, st, cfg, spec)
     if bad: raise ValueError(f"{folder/checkpoint}: not this run's weights: {' / '.join(bad)} "
                              f"(only fields a resume may change, such as eval_batch_size, may differ)")
-    net = model_from_spec(spec)                                       # its head too: Causal Norm (TDE in eval mode), BBN
+    if spec.get('stage'):                                             # cRT, LWS, DisAlign: the head alone was saved
+        from ala_nb.second_stage import stage_model, recipe
+        net = stage_model(spec['first_stage'], spec.get('first_stage_sha256'), recipe(spec['stage'])['head'])[0]
+    else: net = model_from_spec(spec)                                 # its head too: Causal Norm (TDE in eval mode), BBN
     try: net.load_state_dict(st['model'])
     except RuntimeError as e:
         raise ValueError(f"{folder/checkpoint}: its weights do not fit {spec} "

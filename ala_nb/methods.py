@@ -73,7 +73,7 @@ METHODS = {m.name: m for m in (
     Method('pc_softmax', 'PC Softmax',    None, kind='eval_time', base='ce',
            why='a CE run evaluated with logits - log prior: ala_eval RUN --tau_la 1'),
     Method('tau_norm', 'τ-norm',          None, kind='eval_time', base='ce', in_paper=False,
-           why="a CE run's linear head rescaled, w_j / |w_j|^tau: ala_eval RUN --tau_norm TAU"),
+           why="a CE run's linear head rescaled, w_j / |w_j|^tau, tau chosen on validation: ala_eval RUN --tau_norm 0,0.25,0.5,0.75,1,1.25,1.5,1.75,2"),
     Method('causal_norm', 'Causal Norm',  'CrossEntropyLoss', head='causal_norm'),
     Method('crt',      'cRT',             None, **_STAGE2, in_paper=False, stage=_stage('retrained', 10, 0.2, 512, 'balanced'),
            why='ala_train --first_stage RUN --loss crt: the classifier re-initialised and re-trained on frozen features, class-balanced sampling'),

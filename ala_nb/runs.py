@@ -4,13 +4,14 @@
 
 # %% auto #0
 __all__ = ['CONFIG', 'METRICS', 'TRACE', 'FINAL', 'OUTPUTS', 'METRICS_CSV', 'CKPT', 'CKPT_PREV', 'LOCK', 'TB', 'REPLACED',
-           'RUN_FILES', 'ANALYSIS_FILES', 'METHODS', 'GROUPS', 'jsonable', 'tmp_path', 'fsync_dir', 'write_bytes',
-           'write_json', 'write_outputs', 'append_jsonl', 'read_jsonl', 'truncate_jsonl', 'read_json', 'metrics_row',
-           'write_metrics_csv', 'method_slug', 'run_name', 'run_dir', 'RunFolderBusy', 'RunLock', 'clean_leftovers',
-           'folder_state', 'check_run_folder', 'set_aside', 'drop_replaced', 'resume_conflicts', 'check_resume',
-           'LiveRun', 'claim_run_folder', 'start_run_folder', 'undo_start', 'finish_run_folder', 'elastic_restart',
-           'code_version', 'cpu_model', 'provenance', 'method_label', 'RunFolder', 'load_run', 'load_runs', 'canonical',
-           'setting_id', 'setting_names', 'by_method', 'pick_methods', 'write_run', 'copy_run']
+           'RUN_FILES', 'ANALYSIS_FILES', 'METHODS', 'GROUPS', 'STAGE_DATA', 'jsonable', 'tmp_path', 'fsync_dir',
+           'write_bytes', 'write_json', 'write_outputs', 'append_jsonl', 'read_jsonl', 'truncate_jsonl', 'read_json',
+           'metrics_row', 'write_metrics_csv', 'method_slug', 'run_name', 'run_dir', 'RunFolderBusy', 'RunLock',
+           'clean_leftovers', 'folder_state', 'check_run_folder', 'set_aside', 'drop_replaced', 'resume_conflicts',
+           'check_resume', 'LiveRun', 'claim_run_folder', 'start_run_folder', 'undo_start', 'finish_run_folder',
+           'elastic_restart', 'code_version', 'cpu_model', 'provenance', 'method_label', 'RunFolder', 'load_run',
+           'load_runs', 'canonical', 'setting_id', 'setting_names', 'is_second_stage', 'data_id', 'setting_labels',
+           'by_method', 'pick_methods', 'write_run', 'copy_run']
 
 # %% ../nbs/04_runs.ipynb #05da4c0d
 import os, io, json, math, time, errno, socket, shutil
@@ -518,17 +519,43 @@ def setting_names(runs)->dict: # setting id -> '' (one setting) or 'k=v, ...' of
     def short(k, v): return f"profile={v[0]}→{v[-1]} ({sum(v)} images)" if k == 'counts' else f"{k}={v}"
     return {i: ', '.join(short(k, s.get(k)) for k in keys) for i, s in settings.items()}
 
+STAGE_DATA = ('preset', 'dataset', 'arch', 'imb_factor', 'n_max', 'data_seed', 'max_test', 'counts')  # what a second stage shares with its first stage
+
+def is_second_stage(r)->bool: return bool((getattr(r, 'config', None) or {}).get('first_stage'))  # cRT, LWS, DisAlign: trained from a run folder
+
+def data_id(r)->str: return setting_id({k: r.setting.get(k) for k in STAGE_DATA})   # its data and backbone alone
+
+def setting_labels(runs)->list: # per run: '' (one setting) or the name of its setting, as `by_method` appends it
+    """Name each run's setting. Full runs: `setting_names` among them. A second stage trains with its own recipe (other
+    epochs, learning rate, sampler), so it belongs to the full runs' setting of its data and backbone (`STAGE_DATA`), and
+    is set apart further only where one method's second stages differ in recipe."""
+    runs = list(runs)
+    full = [r for r in runs if not is_second_stage(r)]
+    names = setting_names(full)
+    of_data = {}
+    for r in full: of_data.setdefault(data_id(r), set()).add(names[setting_id(r.setting)])
+    staged = [r for r in runs if is_second_stage(r)]
+    alone = setting_names([r for r in staged if len(of_data.get(data_id(r), ())) != 1])  # data no (or several) full settings share
+    recipes = {}
+    for r in staged: recipes.setdefault((r.method, data_id(r)), []).append(r)
+    recipes = {k: setting_names(rs) for k, rs in recipes.items()}
+    out = []
+    for r in runs:
+        if not is_second_stage(r): out.append(names[setting_id(r.setting)]); continue
+        base = of_data.get(data_id(r), set())
+        parts = [next(iter(base)) if len(base) == 1 else alone[setting_id(r.setting)],
+                 recipes[(r.method, data_id(r))][setting_id(r.setting)]]
+        out.append(', '.join(p for p in dict.fromkeys(parts) if p))
+    return out
+
 def by_method(runs,         # `RunFolder`s or run folders, or a dict label -> runs (kept as given)
               methods=None, # labels to keep, in this order; those without runs are skipped (None: all)
              )->dict: # label -> list of `RunFolder`s, in `METHODS` order then others
     "Group runs by study label — and by setting, when they do not all share one (the label then names it)."
     if isinstance(runs, dict): out = {m: load_runs(rs) for m, rs in runs.items()}
     else:
-        runs = load_runs(runs)
-        names, out = setting_names(runs), {}
-        for r in runs:
-            n = names[setting_id(r.setting)]
-            out.setdefault(r.method + (f' [{n}]' if n else ''), []).append(r)
+        runs, out = load_runs(runs), {}
+        for r, n in zip(runs, setting_labels(runs)): out.setdefault(r.method + (f' [{n}]' if n else ''), []).append(r)
     if methods is None: return out
     return {k: v for m in methods for k, v in out.items() if k == m or k.startswith(m + ' [')}
 

@@ -4,8 +4,8 @@
 
 # %% auto #0
 __all__ = ['AUTHORS_FIRST_EPOCHS', 'STAGE_HEADS', 'recipe', 'stage_epochs', 'first_stage_weights', 'pin_first_stage',
-           'ScaledHead', 'CalibratedHead', 'StageNet', 'split_classifier', 'grw_weights', 'stage_parts', 'stage_config',
-           'BalancedDeviceLoader', 'build_stage_run']
+           'ScaledHead', 'CalibratedHead', 'StageNet', 'split_classifier', 'grw_weights', 'stage_model', 'stage_parts',
+           'stage_config', 'BalancedDeviceLoader', 'build_stage_run']
 
 # %% ../nbs/04e_second_stage.ipynb #16b36d75
 import math, random
@@ -138,27 +138,36 @@ def grw_weights(counts,        # training images per class, length C
     return (w * len(n) / w.sum()).float()
 
 # %% ../nbs/04e_second_stage.ipynb #38fec9da
+def stage_model(first_stage:str, # the first stage's run folder
+                sha256:str,      # the checksum its weights must have: the second stage's record (`first_stage_sha256`)
+                head:str,        # the recipe's head, a key of `STAGE_HEADS`
+                seed:int=None,   # seed the head's initialisation (training); None: leave the generators alone (loading)
+               )->tuple:         # (`StageNet`, the first stage's model_spec)
+    """A second stage's network, from its first stage's weights (refused if they changed) under a head of the recipe's
+    kind. The checkpoint of a second stage holds the head alone, so training and `eval.load_model` both build it here."""
+    state, spec, digest, _ = first_stage_weights(first_stage)
+    if digest != sha256:
+        raise ValueError(f"first_stage {Path(first_stage)/CKPT}: its weights changed since this second stage started "
+                         f"from them (sha256 {digest[:16]}…, recorded {str(sha256)[:16]}…)")
+    net = create_model(spec['arch'], spec['num_classes'], normed=False, in_chans=spec['in_chans'])
+    net.load_state_dict(state)
+    backbone, fc = split_classifier(net)
+    if seed is not None: torch.manual_seed(seed); np.random.seed(seed); random.seed(seed)   # the head's init, as make_parts seeds
+    return StageNet(backbone, STAGE_HEADS[head](fc)), spec
+
 def stage_parts(cfg:TrainConfig, # a pinned second stage's config (`pin_first_stage`)
                 counts,          # training images per class
                 device,          # where the network goes
                )->Parts:         # StageNet, loss, SGD over the head
     "The network, loss and optimizer of a second stage: `build_run(cfg, make=stage_parts)`."
-    state, spec, digest, _ = first_stage_weights(cfg.first_stage)
-    if digest != cfg.first_stage_sha256:
-        raise ValueError(f"first_stage {Path(cfg.first_stage)/CKPT}: its weights changed since this second stage started "
-                         f"from them (sha256 {digest[:16]}…, recorded {str(cfg.first_stage_sha256)[:16]}…)")
-    if spec['num_classes'] != len(counts):
-        raise ValueError(f"first_stage {cfg.first_stage}: {spec['num_classes']} classes, the data {len(counts)}")
     r = recipe(cfg.loss)
     kw = dict(cfg.loss_kw)
     rho = kw.pop('rho', r.get('rho'))
     if kw or (rho is not None and r.get('rho') is None):
         raise ValueError(f"loss_kw {cfg.loss_kw}: loss {cfg.loss!r} takes {'rho' if r.get('rho') is not None else 'none'}")
-    net = create_model(spec['arch'], spec['num_classes'], normed=False, in_chans=spec['in_chans'])
-    net.load_state_dict(state)
-    backbone, fc = split_classifier(net)
-    torch.manual_seed(cfg.seed); np.random.seed(cfg.seed); random.seed(cfg.seed)   # the head's init, as make_parts seeds
-    model = StageNet(backbone, STAGE_HEADS[r['head']](fc))
+    model, spec = stage_model(cfg.first_stage, cfg.first_stage_sha256, r['head'], seed=cfg.seed)
+    if spec['num_classes'] != len(counts):
+        raise ValueError(f"first_stage {cfg.first_stage}: {spec['num_classes']} classes, the data {len(counts)}")
     model = model.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
     loss = CrossEntropyLoss(weight=None if rho is None else grw_weights(counts, rho)).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,

@@ -338,8 +338,8 @@ _METHOD = Choice('method', SWEEP_NAMES, {f"or a label: {', '.join(SWEEP_METHODS)
                                          'or all (every one of them)': lambda v: v.lower() == 'all'}, many=True)
 
 @call_parse(examples=(
-    "ala_sweep --out study_runs --jobs 2 --extra '--threads 1'  # the committed study (nbs/study): 7 methods x 5 seeds",
-    "ala_sweep --methods all --out study_runs --jobs 2 --extra '--threads 1'  # every method the registry trains, second stages last",
+    "ala_sweep --out study_runs --jobs 2 --extra '--threads 1'  # the paper's Table 4 ablation: 7 methods x 5 seeds",
+    "ala_sweep --methods all --out study_runs --jobs 2 --extra '--threads 1'  # the committed study (nbs/study): every method the registry trains, second stages last",
     "ala_sweep --methods all --out study_runs --dry_run  # what it would run, skip or wait for, as the folders stand"))
 def ala_sweep(out:str='study_runs',       # parent folder of the run folders
               methods:_METHOD=','.join(METHOD_NAMES), # methods by name or label, comma-separated (all: every method below)

@@ -91,11 +91,28 @@ def check_eval(fn,     # the file, for the messages
             _bad(fn, f'top1.{g}', f"the mean of per_class over {'all classes' if g == 'all' else 'groups.' + g} ({m})", v)
     if 'classes' in e and not (isinstance(e['classes'], list) and len(e['classes']) == len(pc)):
         _bad(fn, 'classes', f'a list of {len(pc)} class names', e['classes'])
+    _chosen(fn, e)
+
+def _chosen(fn, e:dict): # `ala_eval`'s record of a τ chosen on validation: its candidates, and the τ it reports
+    ch = e.get('chosen')
+    if ch is None: return
+    if not (isinstance(ch, dict) and isinstance(ch.get('candidates'), list) and ch['candidates']
+            and all(isinstance(c, dict) and 'tau_la' in c and 'tau_norm' in c for c in ch['candidates'])):
+        _bad(fn, 'chosen', 'an object with the candidates (tau_la, tau_norm, top1) tried on validation', ch)
+    for k in ('tau_la', 'tau_norm'):
+        if ch.get(k) != e[k]: _bad(fn, f'chosen.{k}', f"the {k} the file reports ({e[k]})", ch.get(k))
+        if e[k] is not None and e[k] not in [c[k] for c in ch['candidates']]:
+            _bad(fn, f'chosen.{k}', f"one of its candidates ({sorted({c[k] for c in ch['candidates']})})", e[k])
 
 def eval_rule(e:dict)->str: # e.g. ' + post-hoc LA τ=1 (val split)'; '' for a plain re-evaluation of the final weights
-    "What `ala_eval` changed or chose, appended to the run's method label so that different rules never pool."
-    rules = ([f"τ-norm τ={e['tau_norm']:g}"] if e['tau_norm'] is not None else []) + \
-            ([f"post-hoc LA τ={e['tau_la']:g}"] if e['tau_la'] is not None else [])
+    """What `ala_eval` changed or chose, appended to the run's method label so that different rules never pool. A τ
+    chosen on validation among candidates is named by its candidates, not its value: each seed's own choice is one rule."""
+    cands = (e.get('chosen') or {}).get('candidates') or []
+    def rule(k, name):
+        vals = sorted({c[k] for c in cands if c.get(k) is not None})
+        if len(vals) > 1: return [f"{name} τ chosen on val from {','.join(f'{v:g}' for v in vals)}"]
+        return [f"{name} τ={e[k]:g}"] if e[k] is not None else []
+    rules = rule('tau_norm', 'τ-norm') + rule('tau_la', 'post-hoc LA')
     notes = (['val split'] if e['split'] != 'test' else []) + ([f"epoch {e['epoch']}/{e['epochs']}"] if e['epoch'] < e['epochs'] else [])
     return ''.join(f' + {r}' for r in rules) + (f" ({', '.join(notes)})" if notes else '')
 

@@ -69,6 +69,7 @@ def toy_run(path,                 # folder to create
             many:int=100, few:int=20, # shot-group thresholds (> many, < few)
             preset:str='toy',     # preset recorded in final.json and config.json
             drw_epoch:int=None,   # 0-based first DRW epoch recorded (default: the last epoch)
+            first_stage:str=None, # a second stage's first-stage folder, recorded in config.json
            )->Path:
     """A small, self-consistent run folder with known numbers: class `k` has `round(per_class[k]*n_test)` correct test
     predictions with `p_true` 0.9 and the rest wrong with `p_true` 0.1; the trace's terms are known functions of the epoch."""
@@ -96,4 +97,5 @@ def toy_run(path,                 # folder to create
         trace = [{'epoch': e, **{g: (None if not ks else dict(df=0.5/(e+1), qf=float(i+1), adjust=0.5/(e+1)*(i+1)))
                                  for i, (g, ks) in enumerate(groups.items())}} for e in range(1, epochs + 1)]
     config = dict(preset=preset, loss=loss, drw=drw, seed=seed, epochs=epochs, drw_epoch=drw_epoch)
+    if first_stage is not None: config['first_stage'] = str(first_stage)
     return write_run(path, final, config, metrics, trace, dict(target=target, pred=pred, p_true=p_true))

@@ -96,6 +96,28 @@ def test_stage_run_folder(first, tmp_path):
     from ala_nb.runs import load_run, method_label
     assert method_label(load_run(out).final['loss'], False) == 'LWS'
 
+def test_ala_eval_rebuilds_the_stage(first, tmp_path):
+    "A second stage's checkpoint holds its head alone: ala_eval rebuilds the network from the first stage (checksum checked)."
+    outs = {}
+    for loss in (CRT, LWS, DISALIGN):
+        outs[loss] = out = tmp_path/loss
+        p = run('ala_train', '--first_stage', first, '--loss', loss, '--epochs', '1', '--device', 'cpu', '--out', out)
+        assert p.returncode == 0, p.stderr
+        p = run('ala_eval', out, '--json', '--device', 'cpu')
+        assert p.returncode == 0, p.stderr
+        j = json.loads(p.stdout)
+        assert (j['top1'], j['per_class']) == (final(out)['top1'], final(out)['per_class']), loss   # the run's own test numbers
+    p = run('ala_eval', outs[LWS], '--tau_norm', '1', '--device', 'cpu')
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1 and 'no linear classifier head' in p.stderr, p.stderr
+    changed = tmp_path/'changed'
+    shutil.copytree(first, changed)
+    p = run('ala_train', '--first_stage', changed, '--loss', LWS, '--epochs', '1', '--device', 'cpu', '--out', tmp_path/'on_changed')
+    assert p.returncode == 0, p.stderr
+    st = ckpt(changed); st.pop('digest'); st['model']['linear.bias'] += 1
+    save_checkpoint(st, changed)
+    p = run('ala_eval', tmp_path/'on_changed', '--device', 'cpu')
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1 and 'its weights changed since' in p.stderr, p.stderr
+
 def test_kill9_and_sigterm_resume_bit_identical(first, tmp_path):
     args = ['--first_stage', first, '--loss', CRT, '--epochs', '2', '--device', 'cpu', '--log_every', '1']
     ref = tmp_path/'ref'
