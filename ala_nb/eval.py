@@ -255,6 +255,10 @@ def _setup(run_dir, split, tau_la, tau_norm, device, batch_size, amp, checkpoint
     return dict(net=net.to(dev, memory_format=fmt), spec=spec, cfg=cfg, st=st, dev=dev, amp=amp, bs=bs, loader=loader,
                 idx=idx, offset=offset, counts=counts, classes=list(data.classes), tau_la=tau_la, tau_norm=tau_norm, world=world)
 
+def _config_json(run_dir, cfg:TrainConfig)->dict: # the run folder's config.json as written, else the config it was run with
+    fn = Path(run_dir)/CONFIG
+    return read_json(fn) if fn.is_file() else jsonable({f.name: getattr(cfg, f.name) for f in fields(cfg)})
+
 def evaluate_run(run_dir,               # a run folder written by ala_train, with its checkpoint
                  split:str='test',      # 'test', or 'val' where the data set has a validation split (`VAL_SPLITS`)
                  tau_la:float=None,     # post-hoc logit adjustment: subtract τ·log(prior) from the scaled logits
@@ -290,6 +294,7 @@ def evaluate_run(run_dir,               # a run folder written by ala_train, wit
                 counts=S['counts'], groups=groups, classes=S['classes'], preset=cfg.preset, dataset=cfg.dataset,
                 arch=spec['arch'], loss=cfg.loss, drw=drw_enabled(cfg), seed=cfg.seed, epochs=cfg.epochs, device=str(dev),
                 amp=S['amp'], batch_size=S['bs'], world_size=S['world'], model=spec, wall_s=round(time.time() - t0, 3),
+                config=_config_json(run_dir, cfg),   # the run's config: the file is read as that run, wherever it is moved
                 outputs=out)
 
 # %% ../nbs/20_eval.ipynb #8a624e0b

@@ -22,6 +22,9 @@ from .study import summary_table, table_markdown, paired_table, paired_markdown
 # %% ../nbs/21_table.ipynb #143fd8b0
 def _items(p:Path)->list: # the run folders and ala_eval outputs one path names
     if p.is_file(): return [load_eval(p)]
+    if p.is_dir() and not (p/FINAL).exists() and (p/CONFIG).is_file():   # a run folder still training, or stopped
+        raise FileNotFoundError(f"{p}: not a finished run folder: {FINAL} missing (still training, or stopped: "
+                                f"continue it with ala_train --out {p} --resume)")
     if p.is_dir() and not (p/FINAL).exists():
         runs = sorted(q for q in p.iterdir() if (q/FINAL).is_file())
         evals = sorted(q for q in p.glob('*.json') if q.is_file())

@@ -131,6 +131,7 @@ def test_one_folder_counts_once(study):
 @pytest.mark.parametrize('args, says', [
     (('{d}/nope',), 'nope: no such run folder'),
     (('{d}/empty',), 'empty: no run folders in it'),
+    (('{study}', '{d}/training'), 'training: not a finished run folder: final.json missing (still training, or stopped'),
     (('{study}', '{d}/copy'), 'two runs of CE with seed 1 in one setting'),
     (('{study}', '--csv', '--json'), 'give one of --markdown, --csv, --json'),
     (('{study}', '--baseline', 'Focal'), "--baseline 'Focal': no such method among the runs; choose from CE, LDAM-DRW, ALA"),
@@ -142,6 +143,7 @@ def test_one_folder_counts_once(study):
 ])
 def test_bad_input_is_one_line(study, tmp_path, args, says):
     (tmp_path/'empty').mkdir()
+    (tmp_path/'training').mkdir(); (tmp_path/'training'/'config.json').write_text('{}')   # a run folder without final.json
     toy_run(tmp_path/'copy', CE[1], loss='ce', seed=1)
     (tmp_path/'notjson.json').write_text('{"top1": ')
     eval_file(tmp_path/'plain.json', study/'ce-seed1', CE[1])     # a plain re-evaluation given beside its own run
