@@ -4,13 +4,15 @@
 
 # %% auto #0
 __all__ = ['TEXT_WIDTH', 'FONT', 'class_order', 'mean_per_class', 'group_boundaries', 'mark_shot_groups', 'clipped_errors',
-           'largest_differences', 'hard_head_easy_tail', 'plot_per_class', 'per_class_rows', 'plot_pair']
+           'largest_differences', 'hard_head_easy_tail', 'paired_per_class', 'plot_per_class', 'per_class_rows',
+           'plot_pair']
 
 # %% ../nbs/12_fig1_per_class.ipynb #b271d431
 import numpy as np
 import matplotlib.pyplot as plt
 from matplotlib.transforms import blended_transform_factory
 from .runs import load_runs, by_method, pick_methods
+from .study import t_quantile, verdict
 
 # %% ../nbs/12_fig1_per_class.ipynb #ad725aa3
 def class_order(counts, # training images per class, (C,)
@@ -90,6 +92,29 @@ def hard_head_easy_tail(runs, # one method's runs
         c = (max if best else min)(ks, key=lambda c: m['mean'][c])
         return dict(cls=int(c), name=m['classes'][c], count=int(m['counts'][c]), acc=float(m['mean'][c]))
     return dict(hard_head=pick('many', False), easy_tail=pick('few', True))
+
+# %% ../nbs/12_fig1_per_class.ipynb #a26d9dee
+def paired_per_class(runs_a, # method A's runs (its seeds)
+                     runs_b, # method B's runs, same data set
+                    )->list: # per class: dict cls, name, count, group, mean, lo, hi, n, wins, losses, verdict
+    "Per-class paired differences a − b over the seeds both have, with a 95% t-interval: `study.paired_delta`, class by class."
+    ra, rb = {r.seed: r for r in load_runs(runs_a)}, {r.seed: r for r in load_runs(runs_b)}
+    seeds = sorted(set(ra) & set(rb))
+    if not seeds: raise ValueError(f"paired_per_class: no seed in common (seeds {sorted(ra)} and {sorted(rb)})")
+    r0 = ra[seeds[0]]
+    for r in [ra[s] for s in seeds] + [rb[s] for s in seeds]:
+        if not np.array_equal(r.counts, r0.counts): raise ValueError(f"paired_per_class: {r.path}'s class counts differ from {r0.path}'s")
+    d = np.stack([ra[s].per_class - rb[s].per_class for s in seeds])          # (seeds, C); NaN where a class has no test samples
+    of, out = {c: g for g, ks in r0.groups.items() for c in ks}, []
+    for c in range(d.shape[1]):
+        x = d[np.isfinite(d[:, c]), c]
+        m = float(x.mean()) if len(x) else None
+        if len(x) > 1:
+            h = t_quantile(0.975, len(x) - 1) * float(x.std(ddof=1)) / np.sqrt(len(x)); lo, hi = m - h, m + h
+        else: lo = hi = None
+        out.append(dict(cls=c, name=r0.classes[c], count=int(r0.counts[c]), group=of.get(c), mean=m, lo=lo, hi=hi,
+                        n=len(x), wins=int((x > 0).sum()), losses=int((x < 0).sum()), verdict=verdict(lo, hi)))
+    return out
 
 # %% ../nbs/12_fig1_per_class.ipynb #4da6d04c
 def plot_per_class(runs,                          # run folders / `Run`s (grouped by method) or dict label -> runs
