@@ -19,7 +19,7 @@ from .models import create_model, NormedLinear
 from .data import DATASETS, DeviceLoader, SplitFileDataset, get_lt_data, imagenet_transform, shot_groups
 from .cache import SplitCache, CacheLoader, cached_lt_data
 from .config import TrainConfig, load_config, validate_config, drw_enabled, RESUME_MAY_CHANGE, LOCAL_FIELDS
-from .runs import CONFIG, FINAL, CKPT, CKPT_PREV, read_json, jsonable
+from .runs import CONFIG, FINAL, CKPT, CKPT_PREV, read_json, jsonable, provenance
 from .checkpoint import read_checkpoint
 from .build import stratified_subset, resolve_device, one_line, agree, model_from_spec
 from .evaluate import evaluate, gather_outputs, score, format_results, pct
@@ -295,6 +295,7 @@ def evaluate_run(run_dir,               # a run folder written by ala_train, wit
                 arch=spec['arch'], loss=cfg.loss, drw=drw_enabled(cfg), seed=cfg.seed, epochs=cfg.epochs, device=str(dev),
                 amp=S['amp'], batch_size=S['bs'], world_size=S['world'], model=spec, wall_s=round(time.time() - t0, 3),
                 config=_config_json(run_dir, cfg),   # the run's config: the file is read as that run, wherever it is moved
+                provenance=provenance(S['world'], dev),   # what made this evaluation (the run's own is in its final.json)
                 outputs=out)
 
 # %% ../nbs/20_eval.ipynb #8a624e0b

@@ -28,7 +28,8 @@ def eval_args(name:str)->tuple: # (flag, value) of the `ala_eval` command in an 
 
 def eval_rule_pattern(name:str)->str: # a regular expression for `table.eval_rule` of that command (any number for a placeholder)
     flag, v = eval_args(name)
-    if ',' in v: return re.escape(f' + {_RULE[flag]} τ chosen on val from {v}')   # a list: chosen on validation, as `table.eval_rule` names it
+    from ala_nb.table import taus_text          # (21_table: after this notebook in reading order)
+    if ',' in v: return re.escape(f' + {_RULE[flag]} τ chosen on val from {taus_text(v.split(","))}')   # a list: chosen on validation, as `table.eval_rule` names it
     return re.escape(f' + {_RULE[flag]} τ=') + (re.escape(v) if re.fullmatch(r'[0-9.]+', v) else r'[0-9.e+-]+')
 
 def table1_rows()->list: # dicts: label (the paper's), name, kind, key (study label or pattern of its runs), available, why

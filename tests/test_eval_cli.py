@@ -42,6 +42,7 @@ def test_table_and_json_give_back_final_json(runs):
     assert (j['split'], j['n'], j['epoch'], j['tau_la'], j['tau_norm'], j['world_size']) == ('test', 200, 3, None, None, 1)
     assert j['model'] == fin['model'] == dict(arch='resnet8', num_classes=10, in_chans=1, normed=True, logit_scale=30.0)
     assert j['config'] == json.loads((r/'config.json').read_text())    # the file carries its run's setting wherever it goes
+    assert j['provenance']['world_size'] == 1 and j['provenance']['ala_nb']['version'] == fin['provenance']['ala_nb']['version']
     assert tree(r) == before, 'ala_eval changed the run folder'
 
 def test_out_writes_a_new_file_only(runs, tmp_path):
