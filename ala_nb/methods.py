@@ -83,11 +83,11 @@ METHODS = {m.name: m for m in (
            why='ala_train --first_stage RUN --loss disalign: gated per-class scale and offset, generalised re-weighting (rho)'),
     Method('bbn',      'BBN',             'CrossEntropyLoss', head='bbn', step='bbn', archs=('resnet8', 'resnet20', 'resnet32')),
     Method('oltr',     'OLTR',            None, available=False,
-           why=_NOT_YET + 'a memory of class centroids with a dynamic meta-embedding, trained in two stages'),
+           why=_NOT_YET + 'a memory of class centroids with a dynamic meta-embedding, trained in two stages (a model of its own, beyond a loss or a classifier on our backbones)'),
     Method('range_loss', 'Range Loss',    None, available=False,
-           why=_NOT_YET + 'a feature-space loss on intra-class ranges and inter-class margins beside softmax'),
+           why=_NOT_YET + 'a feature-space loss on intra-class ranges and inter-class margins beside softmax (it needs batches of a few classes with several images each; our rarest class has 5)'),
     Method('feature_aug', 'Feature Aug',  None, available=False,
-           why=_NOT_YET + 'class-activation-map feature decomposition and tail-class feature augmentation'),
+           why=_NOT_YET + 'class-activation-map feature decomposition and tail-class feature augmentation (a multi-phase model of its own)'),
 )}
 
 # %% ../nbs/00_methods.ipynb #5a383d94
