@@ -4,8 +4,8 @@
 
 # %% auto #0
 __all__ = ['AUTHORS_FIRST_EPOCHS', 'STAGE_HEADS', 'recipe', 'stage_epochs', 'first_stage_weights', 'pin_first_stage',
-           'ScaledHead', 'CalibratedHead', 'StageNet', 'split_classifier', 'grw_weights', 'stage_model', 'stage_parts',
-           'stage_config', 'BalancedDeviceLoader', 'build_stage_run']
+           'FixedClassifier', 'ScaledHead', 'CalibratedHead', 'StageNet', 'split_classifier', 'grw_weights',
+           'stage_model', 'stage_parts', 'stage_config', 'BalancedDeviceLoader', 'build_stage_run']
 
 # %% ../nbs/04e_second_stage.ipynb #16b36d75
 import math, random
@@ -79,27 +79,31 @@ def pin_first_stage(cfg:TrainConfig, # a second stage's config (`first_stage` se
     return replace(cfg, first_stage_sha256=digest)
 
 # %% ../nbs/04e_second_stage.ipynb #846f98f7
-class ScaledHead(nn.Module):
+class FixedClassifier(nn.Module):
+    "The first stage's linear classifier, held fixed: buffers, not saved (they come from the first stage's checksummed weights)."
+    def __init__(self, fc:nn.Linear): # the first stage's classifier
+        super().__init__()
+        self.register_buffer('weight', fc.weight.detach().clone(), persistent=False)
+        self.register_buffer('bias', fc.bias.detach().clone(), persistent=False)
+    def logits(self, x): return F.linear(x, self.weight, self.bias)   # z, the first stage's logits
+
+class ScaledHead(FixedClassifier):
     "LWS: the first stage's linear classifier, fixed, each class's logit times a learned scale `s_j` (initially 1)."
     def __init__(self, fc:nn.Linear): # the first stage's classifier
-        super().__init__()
-        self.register_buffer('weight', fc.weight.detach().clone(), persistent=False)
-        self.register_buffer('bias', fc.bias.detach().clone(), persistent=False)
+        super().__init__(fc)
         self.scales = nn.Parameter(torch.ones(fc.out_features))
-    def forward(self, x): return F.linear(x, self.weight, self.bias) * self.scales
+    def forward(self, x): return self.logits(x) * self.scales
 
-class CalibratedHead(nn.Module):
+class CalibratedHead(FixedClassifier):
     "DisAlign's adaptive calibration of a fixed linear classifier: `z' = (1 + σ(v·x + c)·α) ⊙ z + σ(v·x + c)·β`."
     def __init__(self, fc:nn.Linear): # the first stage's classifier
-        super().__init__()
-        self.register_buffer('weight', fc.weight.detach().clone(), persistent=False)
-        self.register_buffer('bias', fc.bias.detach().clone(), persistent=False)
+        super().__init__(fc)
         self.confidence = nn.Linear(fc.in_features, 1)             # v, c
         nn.init.constant_(self.confidence.weight, 0.1)             # cvpods DisAlignLinear: v = 0.1 at initialisation
         self.logit_scale = nn.Parameter(torch.ones(fc.out_features))   # α
         self.logit_bias = nn.Parameter(torch.zeros(fc.out_features))   # β
     def forward(self, x):
-        z, s = F.linear(x, self.weight, self.bias), torch.sigmoid(self.confidence(x))   # (B, C), (B, 1)
+        z, s = self.logits(x), torch.sigmoid(self.confidence(x))   # (B, C), (B, 1)
         return (1 + s * self.logit_scale) * z + s * self.logit_bias
 
 STAGE_HEADS = dict(retrained=lambda fc: nn.Linear(fc.in_features, fc.out_features),

@@ -113,10 +113,24 @@ def test_ala_eval_rebuilds_the_stage(first, tmp_path):
     shutil.copytree(first, changed)
     p = run('ala_train', '--first_stage', changed, '--loss', LWS, '--epochs', '1', '--device', 'cpu', '--out', tmp_path/'on_changed')
     assert p.returncode == 0, p.stderr
-    st = ckpt(changed); st.pop('digest'); st['model']['linear.bias'] += 1
-    save_checkpoint(st, changed)
+    change_weights(changed)
     p = run('ala_eval', tmp_path/'on_changed', '--device', 'cpu')
     assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1 and 'its weights changed since' in p.stderr, p.stderr
+
+def past_epoch_1(args, out, log, step_delay, wait):
+    "Start `ala_train *args --out out` slowed by `step_delay` s a step; return it `wait` s after its checkpoint reached epoch 1."
+    p = start('ala_train', *args, '--out', out, log=log, env=delay(step_delay))
+    t = time.time()
+    while not ((out/'checkpoint.pt').exists() and ckpt(out)['epoch'] >= 1):
+        assert p.poll() is None and time.time() - t < 240, Path(log.name).read_text()
+        time.sleep(0.05)
+    time.sleep(wait)
+    return p
+
+def change_weights(folder):
+    "Change a finished first stage's weights (one bias) and re-save its checkpoint with a fresh digest."
+    st = ckpt(folder); st.pop('digest'); st['model']['linear.bias'] += 1
+    save_checkpoint(st, folder)
 
 def test_kill9_and_sigterm_resume_bit_identical(first, tmp_path):
     args = ['--first_stage', first, '--loss', CRT, '--epochs', '2', '--device', 'cpu', '--log_every', '1']
@@ -125,24 +139,14 @@ def test_kill9_and_sigterm_resume_bit_identical(first, tmp_path):
     assert p.returncode == 0, p.stderr
     out = tmp_path/'killed'
     with open(tmp_path/'log', 'w') as log:
-        p = start('ala_train', *args, '--out', out, log=log, env=delay(0.05))
-        t = time.time()
-        while not ((out/'checkpoint.pt').exists() and ckpt(out)['epoch'] >= 1):
-            assert p.poll() is None and time.time() - t < 240, (tmp_path/'log').read_text()
-            time.sleep(0.05)
-        time.sleep(0.3)
+        p = past_epoch_1(args, out, log, 0.05, 0.3)
         os.kill(p.pid, signal.SIGKILL); p.wait()
     assert not (out/'final.json').exists()
     r = run('ala_train', *args, '--out', out, '--resume')
     assert r.returncode == 0, r.stderr
     out2 = tmp_path/'term'
     with open(tmp_path/'log2', 'w') as log:
-        p = start('ala_train', *args, '--out', out2, log=log, env=delay(0.1))
-        t = time.time()
-        while not ((out2/'checkpoint.pt').exists() and ckpt(out2)['epoch'] >= 1):
-            assert p.poll() is None and time.time() - t < 240, (tmp_path/'log2').read_text()
-            time.sleep(0.05)
-        time.sleep(0.5)
+        p = past_epoch_1(args, out2, log, 0.1, 0.5)
         p.send_signal(signal.SIGTERM); p.wait(timeout=120)
     st = ckpt(out2)
     assert st['epoch'] == 1 and 0 < st['step'], (st['epoch'], st['step'])        # stopped mid-epoch
@@ -168,8 +172,7 @@ def test_refusals(first, tmp_path):
     out = tmp_path/'stage'
     p = run('ala_train', '--first_stage', changed, '--loss', DISALIGN, '--epochs', '1', '--device', 'cpu', '--out', out)
     assert p.returncode == 0, p.stderr
-    st = ckpt(changed); st.pop('digest'); st['model']['linear.bias'] += 1
-    save_checkpoint(st, changed)
+    change_weights(changed)
     refused('--out', out, '--resume', says=f"{changed/'checkpoint.pt'}: its weights changed since")
     refused('--config', out, '--out', tmp_path/'again', says=f"{changed/'checkpoint.pt'}: its weights changed since")
 
